@@ -1,0 +1,78 @@
+"""Locating and reading the golden fixtures produced by the official code (see ../shared/golden/README.md).
+
+The root is ``$SYNCDREAMER_GOLDEN_DIR`` when set, else ``../shared/golden`` beside the repository. Every
+folder below the root that holds a ``manifest.json`` is a fixture, dispatched on its ``kind``. When ``CI``
+is set and no fixture of a kind is found the tests fail instead of skipping.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def golden_root() -> Path:
+    env = os.environ.get("SYNCDREAMER_GOLDEN_DIR")
+    return Path(env) if env else REPO.parent / "shared" / "golden"
+
+
+def fixtures_of_kind(kind: str) -> list[Path]:
+    root = golden_root()
+    if not root.is_dir():
+        return []
+    out = []
+    for manifest in sorted(root.rglob("manifest.json")):
+        try:
+            if json.loads(manifest.read_text()).get("kind") == kind:
+                out.append(manifest.parent)
+        except (OSError, json.JSONDecodeError):
+            continue
+    return out
+
+
+def fixture_params(kind: str):
+    """pytest params: one per fixture folder of ``kind``; a skip (or, under CI, a failure) when none."""
+    dirs = fixtures_of_kind(kind)
+    if dirs:
+        return [pytest.param(d, id=d.name) for d in dirs]
+    # Golden(None) skips, or fails when CI is set.
+    return [pytest.param(None, id=f"missing-{kind}")]
+
+
+class Golden:
+    """One fixture folder: ``manifest``, ``config``, ``weights`` (float32) and ``tensors`` (float32 / int64)."""
+
+    def __init__(self, path: Path):
+        if path is None:
+            if os.environ.get("CI"):
+                pytest.fail(f"golden fixtures missing under {golden_root()} and CI is set")
+            pytest.skip("golden fixtures missing")
+        self.path = Path(path)
+        self.manifest = json.loads((self.path / "manifest.json").read_text())
+        self.config = self.manifest["config"]
+        self.weights = {k: (v.float() if v.is_floating_point() else v)
+                        for k, v in load_file(self.path / self.manifest["weights"]["file"]).items()}
+        files = {spec["file"] for spec in self.manifest["tensors"].values()}
+        raw = {}
+        for f in files:
+            raw.update(load_file(self.path / f))
+        self.tensors = {k: (v.float() if v.is_floating_point() else v) for k, v in raw.items()}
+
+    def outputs(self) -> list[str]:
+        return [k for k, s in self.manifest["tensors"].items() if s["role"] == "output"]
+
+    def tol(self, group: str) -> dict:
+        return self.manifest["tolerance_hint"]["suggested"][group]
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float, name: str = ""):
+    actual = actual.detach().to(expected.dtype).reshape(expected.shape)
+    diff = (actual - expected).abs().max().item() if expected.numel() else 0.0
+    torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol,
+                               msg=lambda m: f"{name}: max abs diff {diff:.3e} (atol {atol}, rtol {rtol})\n{m}")
