@@ -76,3 +76,28 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol
     diff = (actual - expected).abs().max().item() if expected.numel() else 0.0
     torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol,
                                msg=lambda m: f"{name}: max abs diff {diff:.3e} (atol {atol}, rtol {rtol})\n{m}")
+
+
+def denoiser_kwargs(config: dict) -> dict:
+    """``SyncDreamer`` keyword arguments for a denoiser fixture, every structural number read from its config."""
+    u, sv, fv = config["unet"], config["spatial_volume"], config["frustum_volume"]
+    heads = {b["heads"] for b in config["depth_attention"]["blocks"]}
+    assert len(heads) == 1, "one depth-attention head count expected"
+    after = [b["applied_after"] for b in config["depth_attention"]["blocks"] if b["applied_after"] != "middle_block"]
+    return dict(
+        view_num=config["view_num"],
+        image_size=config["image_size"],
+        volume_resolution=sv["V"],
+        frustum_depth=fv["D"],
+        latent_channels=config["latent_channels"],
+        viewpoint_dim=config["viewpoint_dim"],
+        clip_dim=config["cc_projection"]["out"],
+        time_embed_dim=sv["time_dim"],
+        unet=dict(model_channels=u["model_channels"], channel_mult=list(u["channel_mult"]),
+                  num_res_blocks=u["num_res_blocks"], attention_resolutions=list(u["attention_resolutions"]),
+                  num_heads=u["num_heads"], transformer_depth=u["transformer_depth"],
+                  depth_attention_heads=heads.pop(),
+                  depth_attention_blocks=[int(a.split(".")[-1]) for a in after]),
+        volume=dict(encoder_dim=sv["noisy_target_encoder"]["output_dim"], spatial_dims=list(sv["dims"]),
+                    frustum_dims=list(fv["dims"]), volume_length=float(sv["extent"][1])),
+    )
