@@ -113,3 +113,14 @@ def test_offline_index_gives_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(urllib.request, "urlretrieve", offline)
     with pytest.raises(DownloadError, match="huggingface.co"):
         run_download({"download_dir": str(tmp_path), "count": 2}, log=lambda *a: None)
+
+
+def test_hydra_config_composes_and_runs(fake_hub):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    conf = str(Path(__file__).resolve().parents[1] / "conf")
+    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+        cfg = compose(config_name="download", overrides=[f"download_dir={fake_hub['dir']}", "count=3", "seed=5"])
+    s = run_download(OmegaConf.to_container(cfg, resolve=True), log=lambda *a: None)
+    assert s["downloaded"] == 3 and Path(s["manifest_json"]).parent == fake_hub["dir"]

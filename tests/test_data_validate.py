@@ -194,3 +194,63 @@ def test_driver_input_errors(tmp_path):
                                  "blender=/no/such/blender"])
     with pytest.raises(RenderError, match="Blender not found"):
         run_render(cfg, **QUIET)
+
+
+def test_command_line_entry_points(tmp_path):
+    """`data_prep/render.py` and `data_prep/validate.py` run as Hydra scripts (CPU rasteriser, no Blender)."""
+    import subprocess
+    import sys
+
+    repo = Path(CONF).parent
+    meshes = tmp_path / "m"
+    procedural.make_procedural_set(meshes, 1, seed=1, kinds=("toy",))
+    out = tmp_path / "o"
+    r = subprocess.run([sys.executable, "data_prep/render.py", f"input={meshes}", f"output_dir={out}", "renderer=cpu",
+                        "views=16"], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert layout.rig_complete(layout.object_dir(out, "input", "toy_000"), 16)
+    r = subprocess.run([sys.executable, "data_prep/validate.py", f"root={out}", f"meshes={meshes}", "val_fraction=0"],
+                       cwd=repo, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert layout.read_uid_list(out / "train_uids.txt") == ["toy_000"]
+    r = subprocess.run([sys.executable, "data_prep/render.py", f"input={tmp_path / 'none'}", f"output_dir={out}"],
+                       cwd=repo, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+FAKE_BLENDER = '''#!{python}
+"""A stand-in for Blender: --probe works; a --job crashes (exit 139) on its first object, or at start-up."""
+import json, os, sys
+args = sys.argv[sys.argv.index("--") + 1:]
+if args[0] == "--probe":
+    json.dump({{"version": "fake", "numpy": True, "oidn": False, "python": "3"}}, open(args[1], "w"))
+    sys.exit(0)
+if os.environ.get("FAKE_BLENDER_DIE_AT_START"):
+    sys.exit(3)
+job = json.load(open(args[1]))
+with open(job["status"], "a") as f:
+    f.write(json.dumps({{"event": "start", "uid": job["objects"][0]["uid"]}}) + "\\n")
+sys.exit(139)
+'''
+
+
+def test_driver_survives_blender_crashes(tmp_path, monkeypatch):
+    import sys
+
+    fake = tmp_path / "blender"
+    fake.write_text(FAKE_BLENDER.format(python=sys.executable))
+    fake.chmod(0o755)
+    meshes = tmp_path / "m"
+    procedural.make_procedural_set(meshes, 3, seed=0, formats=("ply",))
+    out = tmp_path / "o"
+    cfg = compose_cfg("render", [f"input={meshes}", f"output_dir={out}", f"blender={fake}", "objects_per_process=3"])
+    s = run_render(cfg, **QUIET)  # each process crashes on its first object; the rest are re-queued
+    assert (s["rendered"], s["failed"]) == (0, 3)
+    reasons = [f["reason"] for f in layout.read_jsonl(out / "failures.jsonl")]
+    assert reasons == ["Blender exited with code 139 while rendering this object"] * 3
+    assert layout.list_uids(out) == []  # nothing half-written in place
+    monkeypatch.setenv("FAKE_BLENDER_DIE_AT_START", "1")
+    cfg = compose_cfg("render", [f"input={meshes}", f"output_dir={tmp_path / 'o2'}", f"blender={fake}"])
+    s = run_render(cfg, **QUIET)
+    assert s["failed"] == 3
+    assert "before rendering any object" in layout.read_jsonl(tmp_path / "o2" / "failures.jsonl")[0]["reason"]

@@ -52,7 +52,9 @@ class ValidationConfig:
     elevation: float = 30.0  # deg, fixed target rig
     input_elevation: tuple[float, float] = (-10.0, 40.0)  # deg
     distance: float = 1.5
-    focal: float = 280.0
+    focal: float | None = None  # pixels; None = lens_mm / sensor_mm * resolution (280 at 256)
+    lens_mm: float = 35.0
+    sensor_mm: float = 32.0
     depth: bool = True  # depth maps required
     alpha_threshold: int = 127  # foreground = alpha > threshold
     min_foreground_px: int = 50  # fewer foreground pixels = empty render
@@ -208,7 +210,8 @@ def check_meta(meta: dict, rig: str, cfg: ValidationConfig) -> list[str]:
     n = cfg.views
     if len(meta["poses"]) != n:
         return [f"{rig}: meta.pkl has {len(meta['poses'])} cameras, expected {n}"]
-    K = np.array([[cfg.focal, 0, cfg.resolution / 2], [0, cfg.focal, cfg.resolution / 2], [0, 0, 1]])
+    f = cfg.focal if cfg.focal is not None else cfg.lens_mm / cfg.sensor_mm * cfg.resolution
+    K = np.array([[f, 0, cfg.resolution / 2], [0, f, cfg.resolution / 2], [0, 0, 1]])
     if not np.allclose(meta["K"], K, atol=1e-3):
         errs.append(f"{rig}: K {meta['K'].round(3).tolist()} differs from the rig's {K.tolist()}")
     az = np.deg2rad(np.arange(n) * 360.0 / n)
