@@ -1,0 +1,135 @@
+"""Image metrics of the benchmark protocol: PSNR, SSIM and LPIPS (VGG) on views composited on white.
+
+Protocol (spec 5.2, ``experiments/protocol.md``): for each of the 16 views compare ground truth and
+prediction as RGB in [0, 1] after alpha-compositing on white; PSNR from the mean squared error of all
+pixels of a view, SSIM = ``torchmetrics`` ``structural_similarity_index_measure`` with its defaults, LPIPS
+with the VGG network on [-1, 1]; each metric is averaged over the views (view 0, the input viewpoint,
+included).
+
+LPIPS goes through the ``lpips`` package. Its VGG backbone needs torchvision's ImageNet VGG-16 weights
+``vgg16-397923af.pth`` in ``<torch hub dir>/checkpoints/`` (``torch.hub.get_dir()``, usually
+``~/.cache/torch/hub``); the linear calibration weights ship inside the ``lpips`` package. Nothing is
+downloaded: a missing file raises :class:`MissingWeightsError` naming the file and the folder.
+``pretrained=False`` builds LPIPS with a random backbone and random linear layers (tests).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchmetrics.functional.image import structural_similarity_index_measure
+
+__all__ = ["MissingWeightsError", "composite_on_white", "to_unit_rgb", "psnr", "ssim", "LPIPSMetric",
+           "VGG16_WEIGHTS", "image_metrics"]
+
+VGG16_WEIGHTS = "vgg16-397923af.pth"
+
+
+class MissingWeightsError(FileNotFoundError):
+    """Pretrained weights are not on disk (the message names the file and where it goes)."""
+
+
+def composite_on_white(rgba):
+    """RGBA (..., H, W, 4) in [0, 1] (numpy or torch) -> RGB (..., H, W, 3) composited on white.
+    RGB input (..., 3) is returned as is."""
+    if rgba.shape[-1] == 3:
+        return rgba
+    if rgba.shape[-1] != 4:
+        raise ValueError(f"composite_on_white: expected 3 or 4 channels last, got shape {tuple(rgba.shape)}")
+    a = rgba[..., 3:]
+    return rgba[..., :3] * a + (1 - a)
+
+
+def to_unit_rgb(images) -> torch.Tensor:
+    """Views as a float tensor (N, 3, H, W) in [0, 1] composited on white.
+
+    Accepts uint8 or float numpy/torch arrays (N, H, W, C) with C in {3, 4} (floats must be in [0, 1])."""
+    x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
+    if x.ndim != 4 or x.shape[-1] not in (3, 4):
+        raise ValueError(f"expected views (N, H, W, 3|4), got shape {tuple(x.shape)}")
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    if x.min() < -1e-6 or x.max() > 1 + 1e-6:
+        raise ValueError("float views must be in [0, 1]")
+    return composite_on_white(x).permute(0, 3, 1, 2).contiguous()
+
+
+def _pair(pred, gt):
+    p, g = to_unit_rgb(pred), to_unit_rgb(gt)
+    if p.shape != g.shape:
+        raise ValueError(f"predicted views {tuple(p.shape)} and ground truth {tuple(g.shape)} differ in shape "
+                         "(N, 3, H, W)")
+    return p, g
+
+
+def psnr(pred, gt) -> np.ndarray:
+    """Per-view PSNR (N,) in dB of views (N, H, W, 3|4) in [0, 1]; ``inf`` for identical views."""
+    p, g = _pair(pred, gt)
+    mse = ((p.double() - g.double()) ** 2).flatten(1).mean(1)
+    with np.errstate(divide="ignore"):
+        return (10 * np.log10(1.0 / mse.numpy())).astype(np.float64)
+
+
+def ssim(pred, gt, data_range: float | None = None) -> np.ndarray:
+    """Per-view SSIM (N,) with torchmetrics defaults (Gaussian 11x11, sigma 1.5; ``data_range=None``
+    lets torchmetrics infer it from the data, as the official evaluation does)."""
+    p, g = _pair(pred, gt)
+    out = [structural_similarity_index_measure(p[i:i + 1], g[i:i + 1], data_range=data_range)
+           for i in range(len(p))]
+    return torch.stack(out).double().numpy()
+
+
+class LPIPSMetric:
+    """LPIPS-VGG of the ``lpips`` package on views composited on white, mapped to [-1, 1].
+
+    Args:
+        pretrained: True -> the published LPIPS (ImageNet VGG-16 + calibrated linear layers, read from
+            disk only); False -> random backbone and random linear layers (reproducible with
+            ``torch.manual_seed`` before construction), for tests.
+        device: torch device for the network.
+        batch_size: views per forward pass.
+    """
+
+    def __init__(self, pretrained: bool = True, device: str | torch.device = "cpu", batch_size: int = 4):
+        import lpips
+
+        self.device = torch.device(device)
+        self.batch_size = int(batch_size)
+        if pretrained:
+            ckpt = Path(torch.hub.get_dir()) / "checkpoints" / VGG16_WEIGHTS
+            if not ckpt.is_file():
+                raise MissingWeightsError(
+                    f"LPIPS-VGG needs torchvision's ImageNet VGG-16 weights: put {VGG16_WEIGHTS} in "
+                    f"{ckpt.parent}/ (or set TORCH_HOME), or use lpips.pretrained=false for a random backbone")
+            lin = Path(lpips.__file__).parent / "weights" / "v0.1" / "vgg.pth"
+            if not lin.is_file():
+                raise MissingWeightsError(f"LPIPS linear weights missing: reinstall the lpips package ({lin})")
+            self.net = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=False, verbose=False)
+        else:
+            self.net = lpips.LPIPS(net="vgg", pretrained=False, pnet_rand=True, verbose=False)
+        self.net = self.net.to(self.device).eval()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def per_view(self, pred, gt) -> np.ndarray:
+        """Per-view LPIPS (N,) of views (N, H, W, 3|4) in [0, 1]."""
+        p, g = _pair(pred, gt)
+        out = []
+        for i in range(0, len(p), self.batch_size):
+            a = p[i:i + self.batch_size].to(self.device) * 2 - 1
+            b = g[i:i + self.batch_size].to(self.device) * 2 - 1
+            out.append(self.net(a, b).flatten().double().cpu())
+        return torch.cat(out).numpy()
+
+    def __call__(self, pred, gt) -> float:
+        """Mean LPIPS over the views."""
+        return float(self.per_view(pred, gt).mean())
+
+
+def image_metrics(pred, gt, lpips_metric: LPIPSMetric | None = None, ssim_data_range: float | None = None) -> dict:
+    """Mean PSNR / SSIM / (LPIPS when a metric object is given) over the views (N, H, W, 3|4)."""
+    out = {"psnr": float(np.mean(psnr(pred, gt))), "ssim": float(np.mean(ssim(pred, gt, ssim_data_range)))}
+    if lpips_metric is not None:
+        out["lpips"] = lpips_metric(pred, gt)
+    return out
