@@ -21,10 +21,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 # Blender for the data pipeline (Debian's package; skipped when one is on PATH or we are not root).
 blender:
-	@command -v blender >/dev/null 2>&1 || { \
+	@{ command -v blender >/dev/null 2>&1 && dpkg -s python3-numpy >/dev/null 2>&1; } || { \
 	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing Blender with apt ..."; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends blender >/dev/null; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends blender python3-numpy >/dev/null; \
 	  else echo "Blender not found and cannot install it (not root or no apt): Blender tests will skip"; fi; }
 
 test: $(STAMP)
