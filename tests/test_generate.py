@@ -275,3 +275,38 @@ def test_empty_mask_rgb_and_mixed_folder_stop_before_generation(micro, tmp_path)
     with pytest.raises(InputError, match="blank.png: empty mask"):
         run_inprocess(overrides(micro, out, f"input={folder}", "elevation=30"))
     assert not (out / "a").exists()
+
+
+def test_condition_computed_once_and_one_volume_per_step():
+    """Per object: VAE encode and CLIP once; per step: one spatial volume and 16 views through the UNet."""
+    from syncdreamer.diffusion.sampler import SyncDDIMSampler
+    from syncdreamer.pipelines.generate import generate_views
+
+    model = build_micro_model()
+    counts = {"encode": 0, "clip": 0, "proj": 0, "volume": 0, "unet_items": 0}
+
+    def counter(name, fn, items=False):
+        def wrapped(*a, **k):
+            counts[name] += a[0].shape[0] if items else 1
+            return fn(*a, **k)
+        return wrapped
+
+    model.encode_first_stage = counter("encode", model.encode_first_stage)
+    model.encode_clip = counter("clip", model.encode_clip)
+    model.project_clip = counter("proj", model.project_clip)
+    model.spatial_volume.construct_spatial_volume = counter("volume", model.spatial_volume.construct_spatial_volume)
+    model.model.diffusion_model.forward = counter("unet_items", model.model.diffusion_model.forward, items=True)
+    sampler = SyncDDIMSampler(model, steps=4, cfg_scale=2.0, batch_view_num=8)
+    views = generate_views(model, sampler, torch.zeros(3, 64, 64), 30.0, sample_num=2, seed=1,
+                           device=torch.device("cpu"))
+    assert views.shape == (2, 16, 3, 64, 64)
+    assert counts == {"encode": 1, "clip": 1, "proj": 1, "volume": 4, "unet_items": 4 * 2 * 2 * 16}
+
+
+def test_unsupported_step_count_is_a_clean_error(micro, tmp_path):
+    from syncdreamer.pipelines.errors import InputError
+
+    src = tmp_path / "a.png"
+    Image.fromarray(rgba_picture()).save(src)
+    with pytest.raises(InputError, match="sample_steps=3"):
+        run_inprocess(overrides(micro, tmp_path / "out", f"input={src}", "elevation=30") + ["sample_steps=3"])

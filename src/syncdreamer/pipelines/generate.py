@@ -191,7 +191,16 @@ def build_sampler(sampler_cfg, model):
     from hydra.utils import instantiate
 
     factory = instantiate(sampler_cfg, _convert_="all")
-    return factory(model)
+    try:
+        sampler = factory(model)
+    except (ValueError, IndexError) as err:  # e.g. DDIM's rule range(0, T, T // S) + 1 overflowing T
+        raise InputError(f"sampler {sampler_cfg.get('_target_', '?').rsplit('.', 1)[-1]} rejects these settings "
+                         f"(sample_steps={sampler_cfg.get('steps')}): {err}") from None
+    timesteps = getattr(sampler, "timesteps", None)
+    if timesteps is not None and sampler_cfg.get("steps") is not None and len(timesteps) != int(sampler_cfg.steps):
+        raise InputError(f"sample_steps={sampler_cfg.steps} gives {len(timesteps)} timesteps with this sampler; "
+                         "use a divisor of 1000 (e.g. 20, 25, 50, 100, 200)")
+    return sampler
 
 
 def resolve_device(name: str) -> torch.device:

@@ -1,0 +1,122 @@
+"""Sampling time and peak memory per object (16 views, CFG) for the synchronized samplers; prints a markdown table.
+
+    .venv/bin/python bench/bench_sampler.py                       # tiny config on CPU (+ full config on a GPU)
+    .venv/bin/python bench/bench_sampler.py --steps 50 --measure-steps 3 --configs syncdreamer_tiny
+
+Random weights (timing does not depend on them). On CPU only ``--measure-steps`` denoising steps are timed
+(after one warm-up step) and the time per object is extrapolated to ``--steps`` steps; the table says so.
+CPU peak memory is the process's peak resident set size (ru_maxrss, includes the model and Python); GPU
+peak memory is ``torch.cuda.max_memory_allocated`` during sampling + decoding.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def build(config: str, device: torch.device):
+    from hydra import compose, initialize_config_dir
+
+    from syncdreamer.checkpoints import build_model
+
+    with initialize_config_dir(config_dir=str(REPO / "conf" / "model"), version_base="1.3"):
+        cfg = compose(config_name=config)
+    torch.manual_seed(0)
+    return build_model(cfg).to(device).eval()
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+@torch.no_grad()
+def bench_one(model, device, precision: str, steps: int, measure: int, cfg_scale: float, batch_view_num):
+    """-> dict(per_step_s, total_s, decode_s, peak) for one object (B = 1)."""
+    from syncdreamer.diffusion.sampler import SyncDDIMSampler
+
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    ctx = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+    S = model.image_size
+    img = torch.rand(1, 3, S, S, device=device) * 2 - 1
+    sampler = SyncDDIMSampler(model, steps=steps, cfg_scale=cfg_scale, batch_view_num=batch_view_num)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with ctx:
+        t0 = time.perf_counter()
+        cond = model.prepare_condition(img, torch.tensor([0.5], device=device))
+        sync(device)
+        cond_s = time.perf_counter() - t0
+        x = torch.randn(1, model.view_num, model.latent_channels, model.latent_size, model.latent_size,
+                        device=device)
+        ts = sampler.timesteps[::-1]
+        t = torch.full((1,), int(ts[0]), device=device, dtype=torch.long)
+        sampler.step(x, model.predict_eps(x, t, cond, cfg_scale, batch_view_num), len(ts) - 1)  # warm-up
+        sync(device)
+        n = min(measure, steps) if measure else steps
+        t0 = time.perf_counter()
+        for i in range(n):
+            t = torch.full((1,), int(ts[i]), device=device, dtype=torch.long)
+            x = sampler.step(x, model.predict_eps(x, t, cond, cfg_scale, batch_view_num), len(ts) - 1 - i)
+        sync(device)
+        per_step = (time.perf_counter() - t0) / n
+        t0 = time.perf_counter()
+        model.decode_first_stage(x[0])
+        sync(device)
+        decode_s = time.perf_counter() - t0
+    if device.type == "cuda":
+        peak = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB (GPU)"
+    else:
+        peak = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (RSS)"
+    return dict(per_step_s=per_step, total_s=cond_s + per_step * steps + decode_s, decode_s=decode_s, peak=peak,
+                measured=n)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", nargs="*", default=None, help="model configs (default: tiny on CPU, + full on GPU)")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--measure-steps", type=int, default=None, help="steps timed (default: 2 on CPU, all on GPU)")
+    p.add_argument("--cfg-scale", type=float, default=2.0)
+    p.add_argument("--batch-view-num", type=int, nargs="*", default=[8, 16])
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = []
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    for device in devices:
+        configs = args.configs or (["syncdreamer_tiny"] if device.type == "cpu" else ["syncdreamer_tiny", "syncdreamer"])
+        precisions = ["fp32"] if device.type == "cpu" else ["fp32", "bf16"]
+        measure = args.measure_steps if args.measure_steps is not None else (2 if device.type == "cpu" else 0)
+        for config in configs:
+            model = build(config, device)
+            for precision in precisions:
+                for bvn in args.batch_view_num:
+                    r = bench_one(model, device, precision, args.steps, measure, args.cfg_scale, bvn)
+                    rows.append((config, str(device), precision, bvn, r))
+            del model
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    dev_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    print(f"\nSampling one object: 16 views, {args.steps} DDIM steps, CFG {args.cfg_scale} (both branches in one "
+          f"UNet call), B=1; torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {dev_name}\n")
+    print("| config | device | precision | batch_view_num | s / step | s / object | VAE decode s | peak memory | note |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for config, dev, prec, bvn, r in rows:
+        note = f"{r['measured']} steps timed, extrapolated" if r["measured"] < args.steps else "all steps timed"
+        print(f"| {config} | {dev} | {prec} | {bvn} | {r['per_step_s']:.3f} | {r['total_s']:.1f} | "
+              f"{r['decode_s']:.2f} | {r['peak']} | {note} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

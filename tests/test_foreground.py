@@ -1,0 +1,107 @@
+"""Foreground extraction: alpha, OpenCV fallback (border colour model + GrabCut), optional SAM / rembg errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from syncdreamer.pipelines import foreground as fgm
+from syncdreamer.pipelines.errors import InputError
+from syncdreamer.pipelines.foreground import ForegroundConfig, extract_foreground
+
+
+def scene(size=128, background=(245, 245, 245), noise=0.0, gradient=False, seed=0):
+    """RGB picture with a two-coloured object (a body and a head); returns (rgb uint8, truth mask)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    img = np.empty((size, size, 3), np.float32)
+    img[:] = background
+    if gradient:
+        img += (yy / size * 30.0)[..., None]
+    body = (np.abs(xx - 64) < 28) & (yy > 60) & (yy < 110)
+    head = (xx - 64) ** 2 + (yy - 45) ** 2 < 20 ** 2
+    img[body] = (30, 90, 200)
+    img[head] = (220, 140, 40)
+    img += rng.normal(0, noise, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8), body | head
+
+
+def iou(a, b):
+    return (a & b).sum() / (a | b).sum()
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(noise=6.0), dict(gradient=True), dict(background=(20, 20, 20))])
+def test_opencv_recovers_object(kw):
+    rgb, truth = scene(**kw)
+    fg = extract_foreground(rgb, "opencv")
+    assert fg.method == "opencv" and fg.rgba.shape == (128, 128, 4)
+    assert iou(fg.mask, truth) > 0.95
+    assert np.array_equal(fg.rgba[..., 3] > 0, fg.mask)
+
+
+def test_opencv_blank_picture_is_empty_mask():
+    with pytest.raises(InputError, match="empty mask"):
+        extract_foreground(np.full((64, 64, 3), 200, np.uint8), "opencv")
+
+
+def test_alpha_method_and_auto():
+    rgb, truth = scene()
+    rgba = np.dstack([rgb, truth.astype(np.uint8) * 255])
+    fg = extract_foreground(rgba, "alpha")
+    assert fg.method == "alpha" and np.array_equal(fg.mask, truth)
+    assert extract_foreground(rgba, "auto").method == "alpha"
+    opaque = np.dstack([rgb, np.full(truth.shape, 255, np.uint8)])     # constant alpha: not a real mask
+    expected = "rembg" if fgm.rembg_available() else "opencv"
+    assert extract_foreground(opaque, "auto").method in (expected, "opencv")
+    with pytest.raises(InputError, match="no alpha channel"):
+        extract_foreground(rgb, "alpha")
+    with pytest.raises(InputError, match="empty mask"):
+        extract_foreground(np.zeros((16, 16, 4), np.uint8), "alpha")
+    with pytest.raises(InputError, match="unknown foreground method"):
+        extract_foreground(rgb, "magic")
+
+
+def test_sam_and_rembg_errors_are_one_line(tmp_path, monkeypatch):
+    rgb, _ = scene()
+    with pytest.raises(InputError, match="sam_checkpoint"):
+        extract_foreground(rgb, "sam")
+    with pytest.raises(InputError, match="SAM checkpoint not found"):
+        extract_foreground(rgb, "sam", ForegroundConfig(sam_checkpoint=str(tmp_path / "nope.pth")))
+    (tmp_path / "sam.pth").write_bytes(b"x")
+    monkeypatch.setattr(fgm.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(InputError, match="segment_anything"):
+        extract_foreground(rgb, "sam", ForegroundConfig(sam_checkpoint=str(tmp_path / "sam.pth")))
+    with pytest.raises(InputError, match="rembg"):
+        extract_foreground(rgb, "rembg")
+    assert extract_foreground(rgb, "auto").method == "opencv"  # no rembg -> OpenCV fallback
+
+
+def test_sam_path_with_a_stub_package(tmp_path, monkeypatch):
+    """The SAM branch, with a stand-in ``segment_anything`` module (no weights here): box prompt, best mask."""
+    import sys
+    import types
+
+    rgb, truth = scene()
+    seen = {}
+
+    class Predictor:
+        def __init__(self, sam):
+            seen["sam"] = sam
+
+        def set_image(self, image):
+            seen["image"] = image.shape
+
+        def predict(self, box, multimask_output):
+            seen["box"] = box
+            return np.stack([np.zeros_like(truth), truth]), np.array([0.1, 0.9]), None
+
+    stub = types.ModuleType("segment_anything")
+    stub.SamPredictor = Predictor
+    stub.sam_model_registry = {"vit_b": lambda checkpoint: f"sam({checkpoint})"}
+    monkeypatch.setitem(sys.modules, "segment_anything", stub)
+    monkeypatch.setattr(fgm.importlib.util, "find_spec", lambda name: object())
+    (tmp_path / "sam.pth").write_bytes(b"x")
+    fg = extract_foreground(rgb, "sam", ForegroundConfig(sam_checkpoint=str(tmp_path / "sam.pth"),
+                                                         sam_model_type="vit_b"))
+    assert fg.method == "sam" and np.array_equal(fg.mask, truth)
+    x0, y0, x1, y1 = seen["box"]
+    assert x0 < 36 and y0 < 25 and x1 > 92 and y1 > 110   # box around the object plus margin
