@@ -310,3 +310,26 @@ def test_unsupported_step_count_is_a_clean_error(micro, tmp_path):
     Image.fromarray(rgba_picture()).save(src)
     with pytest.raises(InputError, match="sample_steps=3"):
         run_inprocess(overrides(micro, tmp_path / "out", f"input={src}", "elevation=30") + ["sample_steps=3"])
+
+
+def test_bf16_autocast_on_cpu():
+    from syncdreamer.diffusion.sampler import SyncDDIMSampler
+    from syncdreamer.pipelines.generate import generate_views
+
+    model = build_micro_model()
+    views = generate_views(model, SyncDDIMSampler(model, steps=2, batch_view_num=8), torch.zeros(3, 64, 64), 30.0,
+                           1, 0, torch.device("cpu"), precision="bf16")
+    assert views.dtype == torch.float32 and views.shape == (1, 16, 3, 64, 64) and torch.isfinite(views).all()
+
+
+@pytest.mark.slow
+def test_compiled_unet_matches_eager():
+    from syncdreamer.diffusion.sampler import SyncDDIMSampler
+    from syncdreamer.pipelines.generate import generate_views, maybe_compile
+
+    model = build_micro_model()
+    sampler = SyncDDIMSampler(model, steps=2, eta=0.0, batch_view_num=16)
+    args = (torch.zeros(3, 64, 64), 30.0, 1, 0, torch.device("cpu"))
+    eager = generate_views(model, sampler, *args)
+    compiled = generate_views(maybe_compile(model, True), sampler, *args)
+    assert torch.allclose(eager, compiled, atol=1e-3)
