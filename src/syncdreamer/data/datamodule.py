@@ -1,0 +1,211 @@
+"""LightningDataModule over the official render layout (optionally through a latent cache).
+
+Training batches (images): ``target_image`` (B, N, 3, S, S), ``input_image`` (B, 3, S, S),
+``input_elevation`` (B,) radians; with ``latent_cache`` set: ``target_latent_mean/std`` (B, N, 4, h, w),
+``input_latent_mean/std`` (B, 4, h, w), ``clip_embed`` (B, 1, C), ``input_elevation`` (B,).
+Validation batches: ``input_image``, ``input_elevation``, ``uid`` (+ ``target_image`` for held-out objects).
+
+Under DDP Lightning wraps the training loader in a ``DistributedSampler`` (shuffled, seeded by
+``seed_everything``). ``prepare`` (the smoke experiment) builds a small data set on first use: procedural
+meshes rendered with Blender, validated and split into ``train_uids.txt`` / ``val_uids.txt`` under ``root``;
+a second run finds it complete and skips rendering.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from . import layout
+from .dataset import (DataError, RenderedObjectsDataset, ValidationImageFolder, resolve_uids,
+                      valid_objects)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SyncDreamerDataModule", "prepare_procedural_dataset", "RENDER_CONFIG"]
+
+#: The render configuration the smoke preparation starts from (the data pipeline's Hydra config).
+RENDER_CONFIG = Path(__file__).resolve().parents[3] / "conf" / "render.yaml"
+
+
+def prepare_procedural_dataset(root, num_objects: int = 8, seed: int = 0, val_objects: int = 2,
+                               render: dict | None = None, log_fn=log.info) -> dict:
+    """Make ``num_objects`` procedural meshes, render them (``conf/render.yaml`` + ``render`` overrides),
+    validate the renders and write ``train_uids.txt`` / ``val_uids.txt`` (``val_objects`` held out) in ``root``.
+
+    Idempotent: rendered objects are skipped, so a second call only re-validates. Needs Blender.
+    """
+    from omegaconf import OmegaConf
+
+    from .procedural import make_procedural_set
+    from .render_driver import run_render
+    from .validate import ValidationConfig, validate_dataset
+
+    root = Path(root)
+    if (root / "train_uids.txt").is_file() and (root / "val_uids.txt").is_file():
+        uids = layout.read_uid_list(root / "train_uids.txt") + layout.read_uid_list(root / "val_uids.txt")
+        if uids and len(uids) >= num_objects:
+            return {"prepared": False, "objects": len(uids)}
+    if not RENDER_CONFIG.is_file():
+        raise DataError(f"{RENDER_CONFIG} not found: run from a checkout of the repository")
+    meshes = root / "meshes"
+    make_procedural_set(meshes, num_objects, seed=seed)
+    cfg = OmegaConf.load(RENDER_CONFIG)
+    cfg.pop("hydra", None)
+    cfg = OmegaConf.merge(cfg, {"input": str(meshes), "output_dir": str(root), **dict(render or {})})
+    log_fn(f"preparing the procedural data set in {root} ({num_objects} objects, Blender) ...")
+    summary = run_render(OmegaConf.to_container(cfg, resolve=True), log=log_fn)
+    res = int(cfg.resolution)
+    focal = float(cfg.lens_mm) / float(cfg.sensor_mm) * res
+    vcfg = ValidationConfig(views=int(cfg.views), resolution=res, focal=focal, distance=float(cfg.distance),
+                            elevation=float(cfg.elevation), input_elevation=tuple(cfg.input_elevation))
+    frac = min(0.99, (val_objects + 0.01) / max(num_objects, 1)) if val_objects else 0.0
+    vsum = validate_dataset(root, vcfg, meshes=meshes, out_dir=root, val_fraction=frac, split_seed=seed,
+                            log=log_fn)
+    if vsum["train"] == 0:
+        raise DataError(f"procedural data preparation in {root} produced no valid training object "
+                        f"(render summary: {summary.get('failed')} failed; see {root / 'failures.jsonl'})")
+    return {"prepared": True, "objects": vsum["valid"], "render": summary, "validation": vsum}
+
+
+class SyncDreamerDataModule(L.LightningDataModule):
+    """Data for :class:`~syncdreamer.systems.SyncDreamerSystem`.
+
+    Args:
+        root: render folder (``target/``, ``input/``).
+        train_list / val_list: uid lists (.txt / .pkl, absolute or relative to ``root``); ``train_list=None``
+            = every object under ``root/target`` except the ``val_list`` ones.
+        validation_dir: folder of RGBA ``<name>-<elev>.png`` validation inputs (official ``validation_set``).
+        val_source: ``auto`` (folder if given, else held-out objects if ``val_list``, else none), ``folder``,
+            ``objects`` or ``none``.
+        view_num, image_size: N and S; must match the model.
+        batch_size, val_batch_size, num_workers, pin_memory, persistent_workers: loader settings (per GPU).
+        max_val_items: at most this many validation inputs (sampling is expensive).
+        latent_cache: folder of the latent cache (None = encode with the VAE inside the step).
+        build_latent_cache: build the cache in ``prepare_data`` (needs :meth:`attach_encoder`).
+        prepare: ``None`` or kwargs of :func:`prepare_procedural_dataset` (made on first use).
+    """
+
+    def __init__(self, root: str, train_list: str | None = None, val_list: str | None = None,
+                 validation_dir: str | None = None, val_source: str = "auto", view_num: int = 16,
+                 image_size: int = 256, batch_size: int = 24, val_batch_size: int = 4, num_workers: int = 8,
+                 pin_memory: bool = True, persistent_workers: bool = False, max_val_items: int = 8,
+                 latent_cache: str | None = None, build_latent_cache: bool = True,
+                 prepare: dict[str, Any] | None = None):
+        super().__init__()
+        if val_source not in ("auto", "folder", "objects", "none"):
+            raise DataError(f"val_source must be auto, folder, objects or none, got {val_source!r}")
+        if batch_size < 1 or val_batch_size < 1 or num_workers < 0:
+            raise DataError(f"batch_size ({batch_size}) and val_batch_size ({val_batch_size}) must be >= 1, "
+                            f"num_workers ({num_workers}) >= 0")
+        self.root = Path(str(root))
+        self.train_list, self.val_list, self.validation_dir = train_list, val_list, validation_dir
+        self.val_source, self.view_num, self.image_size = val_source, int(view_num), int(image_size)
+        self.batch_size, self.val_batch_size, self.num_workers = int(batch_size), int(val_batch_size), int(num_workers)
+        self.pin_memory, self.persistent_workers = pin_memory, persistent_workers and num_workers > 0
+        self.max_val_items = max_val_items
+        self.latent_cache = Path(str(latent_cache)) if latent_cache else None
+        self.build_latent_cache, self.prepare = build_latent_cache, dict(prepare) if prepare else None
+        self._encoder = None
+        self.train_set = self.val_set = None
+        self.train_uids: list[str] = []
+        self.val_uids: list[str] = []
+
+    # ------------------------------------------------------------------------------------------ checks
+    def check(self) -> None:
+        """Fail early (before any model is built) when the data cannot exist: no folder and nothing to prepare."""
+        if self.prepare is None:
+            self._select_uids()
+        if self.validation_dir and self.val_source in ("auto", "folder"):
+            ValidationImageFolder(self.validation_dir, self.image_size, self.max_val_items)
+
+    def attach_encoder(self, model) -> None:
+        """Give the data module the model whose VAE/CLIP build the latent cache (in :meth:`prepare_data`).
+
+        The cache then lives in ``<latent_cache>/<key>`` with ``key`` = hash of the encoder weights and sizes;
+        without an attached encoder ``latent_cache`` itself must hold a ready cache.
+        """
+        from .latent_cache import cache_key
+
+        self._encoder = model
+        self._cache_dir = self.latent_cache / cache_key(model, self.image_size, self.view_num)
+
+    @property
+    def cache_dir(self) -> Path | None:
+        """The folder the latent cache is read from (None without a cache)."""
+        if self.latent_cache is None:
+            return None
+        return getattr(self, "_cache_dir", None) or self.latent_cache
+
+    def _select_uids(self) -> None:
+        val = resolve_uids(self.root, self.val_list) if self.val_list else []
+        train = resolve_uids(self.root, self.train_list)
+        if self.train_list is None and val:
+            held = set(val)
+            train = [u for u in train if u not in held]
+        self.train_uids = valid_objects(self.root, train, self.view_num, "training")
+        overlap = set(self.train_uids) & set(val)
+        if overlap:
+            log.warning("%d validation objects are also training objects (e.g. %s)", len(overlap), sorted(overlap)[:3])
+        self.val_uids = valid_objects(self.root, val, self.view_num, "validation") if val else []
+
+    def _resolve_lists(self) -> None:
+        if self.prepare is not None:
+            for attr, name in (("train_list", "train_uids.txt"), ("val_list", "val_uids.txt")):
+                if getattr(self, attr) is None and (self.root / name).is_file():
+                    setattr(self, attr, name)
+
+    # ------------------------------------------------------------------------------------------ lightning hooks
+    def prepare_data(self) -> None:
+        """Rank 0 only: make the procedural data set (if configured) and the latent cache (if configured)."""
+        if self.prepare is not None:
+            prepare_procedural_dataset(self.root, **self.prepare)
+        self._resolve_lists()
+        if self.latent_cache is not None and self.build_latent_cache:
+            self._select_uids()
+            if self._encoder is None:
+                raise DataError("data.latent_cache is set but no encoder is attached; call attach_encoder(model)")
+            from .latent_cache import build_latent_cache
+
+            stats = build_latent_cache(self._encoder, self.root, self.train_uids, self.cache_dir,
+                                       self.view_num, self.image_size)
+            log.info("latent cache %s: %s", self.cache_dir, stats)
+
+    def setup(self, stage: str | None = None) -> None:
+        self._resolve_lists()
+        self._select_uids()
+        if self.latent_cache is not None:
+            from .latent_cache import LatentCacheDataset
+
+            self.train_set = LatentCacheDataset(self.cache_dir, self.train_uids, self.view_num)
+        else:
+            self.train_set = RenderedObjectsDataset(self.root, self.train_uids, self.view_num, self.image_size)
+        source = self.val_source
+        if source == "auto":
+            source = "folder" if self.validation_dir else ("objects" if self.val_uids else "none")
+        if source == "folder":
+            if not self.validation_dir:
+                raise DataError("val_source=folder needs data.validation_dir")
+            self.val_set = ValidationImageFolder(self.validation_dir, self.image_size, self.max_val_items)
+        elif source == "objects":
+            if not self.val_uids:
+                raise DataError("val_source=objects needs data.val_list with valid held-out objects")
+            uids = self.val_uids[: self.max_val_items] if self.max_val_items else self.val_uids
+            self.val_set = RenderedObjectsDataset(self.root, uids, self.view_num, self.image_size, input_index=0)
+        else:
+            self.val_set = None
+
+    def train_dataloader(self) -> DataLoader:
+        if len(self.train_set) < self.batch_size:
+            raise DataError(f"{len(self.train_set)} training objects < batch_size {self.batch_size}")
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=True,
+                          num_workers=self.num_workers, pin_memory=self.pin_memory,
+                          persistent_workers=self.persistent_workers)
+
+    def val_dataloader(self):
+        if self.val_set is None:
+            return []
+        return DataLoader(self.val_set, batch_size=self.val_batch_size, shuffle=False, num_workers=0)

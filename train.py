@@ -1,0 +1,26 @@
+"""Train SyncDreamer: ``python train.py experiment=<smoke|syncdreamer|ablation_...> [overrides]``.
+
+Thin Hydra entry point; the run lives in :func:`syncdreamer.systems.train.train` (configs under conf/,
+how to run each experiment in experiments/README.md).
+"""
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    from syncdreamer.data.dataset import DataError
+    from syncdreamer.systems.train import ConfigError, train
+
+    try:
+        metrics = train(cfg)
+    except (ConfigError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    return metrics.get("train/loss")
+
+
+if __name__ == "__main__":
+    main()
