@@ -130,3 +130,15 @@ def test_view_embedding_convention():
     torch.testing.assert_close(e[0, :, 0], torch.full((16,), -0.5236), atol=1e-4, rtol=0)  # input 0 deg vs 30 deg
     torch.testing.assert_close(e[1, :, 0], torch.zeros(16), atol=1e-4, rtol=0)
     torch.testing.assert_close(e[0, 4, 1:], torch.tensor([1.0, 0.0, 0.0]), atol=1e-6, rtol=0)  # 90 deg
+
+
+@pytest.mark.parametrize("steps", [1, 3, 7, 50, 200, 1000])
+def test_ddim_timesteps_rule(steps):
+    from syncdreamer.diffusion.sampler import ddim_timesteps
+
+    ts = ddim_timesteps(steps)
+    assert len(ts) == steps and ts[0] == 1 and ts[-1] <= 1000 and (sorted(set(ts)) == list(ts))
+    if 1000 % steps == 0:  # the official rule
+        assert ts.tolist() == [t + 1 for t in range(0, 1000, 1000 // steps)]
+    with pytest.raises(ValueError, match="sample_steps"):
+        ddim_timesteps(0)

@@ -15,10 +15,14 @@ from ..models.syncdreamer import Condition, SyncDreamer
 
 
 def ddim_timesteps(num_steps: int, num_train_timesteps: int = 1000) -> np.ndarray:
-    """Uniform DDIM timesteps, ascending: ``range(0, T, T // S) + 1`` (S=50: 1, 21, ..., 981)."""
+    """Uniform DDIM timesteps, ascending: ``i * (T // S) + 1`` for ``i < S`` (S=50: 1, 21, ..., 981).
+
+    For every S that divides T this is the official ``range(0, T, T // S) + 1``; for other S the official rule
+    yields more than S steps or the out-of-range timestep T, so we keep exactly S steps instead.
+    """
     if not 1 <= num_steps <= num_train_timesteps:
         raise ValueError(f"sample_steps must be in [1, {num_train_timesteps}], got {num_steps}")
-    return np.asarray(list(range(0, num_train_timesteps, num_train_timesteps // num_steps))) + 1
+    return np.arange(num_steps, dtype=np.int64) * (num_train_timesteps // num_steps) + 1
 
 
 class SyncDDIMSampler:
