@@ -71,15 +71,20 @@ def _build_generate_fn(spec):
 
 
 def _logger(cfg: dict, output_dir: Path):
-    kind = (cfg.get("logger") or "none")
-    if kind in ("none", None):
+    """A wandb run when ``cfg.logger`` is ``"wandb"`` or the project's ``conf/logger/wandb.yaml`` node."""
+    spec = cfg.get("logger")
+    if spec in (None, "none", {}) or (isinstance(spec, dict) and "wandb" not in spec):
         return None
-    if kind != "wandb":
-        raise ValueError(f"logger must be 'none' or 'wandb', got {kind!r}")
+    if spec == "wandb":
+        spec = {"wandb": {}}
+    if not isinstance(spec, dict):
+        raise ValueError(f"logger must be none or wandb, got {spec!r}")
     import wandb
-    w = cfg.get("wandb") or {}
-    return wandb.init(project=w.get("project", "syncdreamer"), name=w.get("name"), mode=w.get("mode", "offline"),
-                      dir=str(output_dir), job_type="evaluate", config={k: v for k, v in cfg.items() if k != "wandb"})
+    w = spec["wandb"] or {}
+    return wandb.init(project=w.get("project", "syncdreamer"), entity=w.get("entity"), name=w.get("name"),
+                      group=w.get("group"), tags=w.get("tags"), mode="offline" if w.get("offline") else None,
+                      dir=str(output_dir), job_type="evaluate",
+                      config={k: v for k, v in cfg.items() if k not in ("logger", "paths")})
 
 
 def run_benchmark(cfg, generate_fn: GenerateFn | None = None, reconstruct_fn=None, log=print) -> dict:
