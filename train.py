@@ -1,6 +1,6 @@
 """Train SyncDreamer: ``python train.py experiment=<smoke|syncdreamer|ablation_...> [overrides]``.
 
-Thin Hydra entry point; the run lives in :func:`syncdreamer.systems.train.train` (configs under conf/,
+Thin Hydra entry point; the run lives in :func:`syncdreamer.systems.runner.train` (configs under conf/,
 how to run each experiment in experiments/README.md).
 """
 import sys
@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     from syncdreamer.data.dataset import DataError
-    from syncdreamer.systems.train import ConfigError, train
+    from syncdreamer.systems.runner import ConfigError, train
 
     try:
         metrics = train(cfg)

@@ -32,9 +32,10 @@ RENDER_CONFIG = Path(__file__).resolve().parents[3] / "conf" / "render.yaml"
 
 
 def prepare_procedural_dataset(root, num_objects: int = 8, seed: int = 0, val_objects: int = 2,
-                               render: dict | None = None, log_fn=log.info) -> dict:
+                               render: dict | None = None, checks: dict | None = None, log_fn=log.info) -> dict:
     """Make ``num_objects`` procedural meshes, render them (``conf/render.yaml`` + ``render`` overrides),
-    validate the renders and write ``train_uids.txt`` / ``val_uids.txt`` (``val_objects`` held out) in ``root``.
+    validate the renders (:class:`~syncdreamer.data.validate.ValidationConfig` + ``checks`` overrides, e.g. a
+    lower ``min_iou`` at 64 px) and write ``train_uids.txt`` / ``val_uids.txt`` (``val_objects`` held out).
 
     Idempotent: rendered objects are skipped, so a second call only re-validates. Needs Blender.
     """
@@ -61,7 +62,8 @@ def prepare_procedural_dataset(root, num_objects: int = 8, seed: int = 0, val_ob
     res = int(cfg.resolution)
     focal = float(cfg.lens_mm) / float(cfg.sensor_mm) * res
     vcfg = ValidationConfig(views=int(cfg.views), resolution=res, focal=focal, distance=float(cfg.distance),
-                            elevation=float(cfg.elevation), input_elevation=tuple(cfg.input_elevation))
+                            elevation=float(cfg.elevation), input_elevation=tuple(cfg.input_elevation),
+                            **dict(checks or {}))
     frac = min(0.99, (val_objects + 0.01) / max(num_objects, 1)) if val_objects else 0.0
     vsum = validate_dataset(root, vcfg, meshes=meshes, out_dir=root, val_fraction=frac, split_seed=seed,
                             log=log_fn)
@@ -141,6 +143,9 @@ class SyncDreamerDataModule(L.LightningDataModule):
         return getattr(self, "_cache_dir", None) or self.latent_cache
 
     def _select_uids(self) -> None:
+        if not self.root.is_dir():
+            raise DataError(f"data folder {str(self.root)!r} does not exist; render objects into it with "
+                            "`python data_prep/render.py input=<meshes> output_dir=<dir>` or set data.root")
         val = resolve_uids(self.root, self.val_list) if self.val_list else []
         train = resolve_uids(self.root, self.train_list)
         if self.train_list is None and val:
