@@ -185,7 +185,7 @@ class _Record(__import__("lightning").Callback):
 def test_interrupted_run_resumes_from_last_ckpt_with_global_step(tmp_path, data_root, monkeypatch):
     import syncdreamer.systems.runner as runner
 
-    extra = {"system.optimizer.warmup_steps": 10, "trainer.val_check_interval": 100}
+    extra = {"system.optimizer.warmup_steps": 10, "trainer.val_check_interval": 100, "logger": "none"}
     cfg = compose_cfg(tiny_overrides(tmp_path, data_root, steps=5, **extra))
     orig = runner.instantiate_callbacks
     monkeypatch.setattr(runner, "instantiate_callbacks", lambda c: orig(c) + [_StopAt(3)])
@@ -233,7 +233,7 @@ def test_overfit_two_objects_loss_goes_down(tmp_path, data_root):
 @pytest.mark.slow
 def test_submitit_local_sweep_over_volume_resolution(tmp_path, data_root):
     """`python train.py -m ... model.volume_resolution=8,16 hydra/launcher=submitit_local`: two jobs finish."""
-    over = [o for o in tiny_overrides(tmp_path, data_root, steps=1) if not o.startswith("paths.output_dir")]
+    over = [o for o in tiny_overrides(tmp_path, data_root, steps=2) if not o.startswith("paths.output_dir")]
     over = [o for o in over if not o.startswith("model.volume_resolution")]
     args = [sys.executable, str(REPO / "train.py"), "-m", "hydra/launcher=submitit_local",
             "model.volume_resolution=8,16", "logger=none"] + [o for o in over if not o.startswith("logger=")]

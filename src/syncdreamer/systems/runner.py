@@ -136,6 +136,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     callbacks = instantiate_callbacks(cfg.get("callbacks")) + [ConfigInCheckpoint(resolved)]
     loggers = instantiate_loggers(cfg.get("logger"))
+    if not loggers:  # logger=none: Lightning's LR monitor refuses to run without a logger
+        from lightning.pytorch.callbacks import LearningRateMonitor
+
+        callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
     for lg in loggers:
         if hasattr(lg, "log_hyperparams"):
             lg.log_hyperparams(resolved)
