@@ -264,3 +264,14 @@ def test_smoke_experiment_end_to_end(tmp_path):
     run = next((tmp_path / "logs" / "train" / "runs" / "smoke").iterdir())
     assert (run / "checkpoints" / "last.ckpt").is_file() and (run / ".hydra" / "config.yaml").is_file()
     assert list((run / "images" / "val").glob("step_*.png"))
+
+
+@pytest.mark.slow
+def test_wandb_offline_logger_runs_without_network(tmp_path, data_root, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    cfg = compose_cfg(tiny_overrides(tmp_path, data_root, steps=2, logger="wandb") +
+                      ["logger.wandb.offline=true", "logger.wandb.project=test", "tags=[a,b]", "group=g"])
+    metrics = train(cfg)
+    assert metrics["global_step"] == 2
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))

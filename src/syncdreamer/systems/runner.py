@@ -112,7 +112,7 @@ def initialize_weights(model, init) -> None:
     clip_path = init.get("clip_path")
     if clip_path and getattr(model, "clip_image_encoder", None) is not None:
         log.info("loading the CLIP image encoder from %s", clip_path)
-        model.clip_image_encoder.load_openai_checkpoint(str(clip_path))
+        ckpts.load_openai_clip(model, str(clip_path))
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:

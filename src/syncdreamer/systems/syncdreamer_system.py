@@ -271,6 +271,12 @@ class SyncDreamerSystem(L.LightningModule):
                                         draws.target_index.to(x0.device).long(), drop_conditions=drop_conditions)
 
     # ------------------------------------------------------------------------------------------ training
+    def on_fit_start(self) -> None:
+        # Every rank was seeded alike (same init everywhere); offset the RNG per rank so the timestep / noise /
+        # target-view draws of different ranks are independent.
+        if self.trainer.world_size > 1:
+            torch.manual_seed(torch.initial_seed() + self.global_rank)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, _ = self.compute_loss(batch, drop_conditions=self.drop_conditions)
         if not torch.isfinite(loss):
