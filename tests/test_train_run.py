@@ -183,9 +183,11 @@ class _Record(__import__("lightning").Callback):
 
 
 def test_interrupted_run_resumes_from_last_ckpt_with_global_step(tmp_path, data_root, monkeypatch):
+    """Also exercises bf16 autocast, gradient checkpointing, EMA (state saved and restored) and logger=none."""
     import syncdreamer.systems.runner as runner
 
-    extra = {"system.optimizer.warmup_steps": 10, "trainer.val_check_interval": 100, "logger": "none"}
+    extra = {"system.optimizer.warmup_steps": 10, "trainer.val_check_interval": 100, "logger": "none",
+             "trainer.precision": "bf16-mixed", "model.use_checkpoint": "true", "system.ema.decay": 0.99}
     cfg = compose_cfg(tiny_overrides(tmp_path, data_root, steps=5, **extra))
     orig = runner.instantiate_callbacks
     monkeypatch.setattr(runner, "instantiate_callbacks", lambda c: orig(c) + [_StopAt(3)])
@@ -195,11 +197,14 @@ def test_interrupted_run_resumes_from_last_ckpt_with_global_step(tmp_path, data_
     ckpt = torch.load(last, map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 3
     assert ckpt["lr_schedulers"][0]["last_epoch"] == 3
+    assert ckpt["ema"]["num_updates"] == 3
     rec = _Record()
     monkeypatch.setattr(runner, "instantiate_callbacks", lambda c: orig(c) + [rec])
     resumed = compose_cfg(tiny_overrides(tmp_path, data_root, steps=5, **extra) + [f"ckpt_path={last}"])
     metrics = train(resumed)
     assert rec.first_step == 3 and metrics["global_step"] == 5
+    final = torch.load(last, map_location="cpu", weights_only=True)  # plain data only: loads safely
+    assert final["global_step"] == 5 and final["ema"]["num_updates"] == 5
     # the warm-up continues where it stopped: factor 0.02 + 0.98 * step / 10
     assert rec.lrs[0] == pytest.approx(1e-3 * (0.02 + 0.98 * 0.3))
 

@@ -285,8 +285,9 @@ class SyncDreamerSystem(L.LightningModule):
                  batch_size=batch["input_elevation"].shape[0])
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        if self.ema is not None:
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:  # right after the step, before any checkpoint callback of this batch
             self.ema.update()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
