@@ -280,3 +280,26 @@ def test_wandb_offline_logger_runs_without_network(tmp_path, data_root, monkeypa
     metrics = train(cfg)
     assert metrics["global_step"] == 2
     assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+
+
+@pytest.mark.parametrize("kind", ["official", "zero123"])
+def test_init_from_checkpoint_loads_weights_before_training(tmp_path, data_root, kind):
+    """init_from loads a checkpoint into the fresh model (frozen VAE weights survive training unchanged)."""
+    cfg = compose_cfg(tiny_overrides(tmp_path, data_root, steps=1, **{"callbacks.periodic_checkpoint.every_n_train_steps": 2}))
+    torch.manual_seed(123)
+    donor = instantiate(cfg.model).state_dict()
+    if kind == "zero123":  # Zero123 holds the base UNet, the VAE, cc_projection and the schedule buffers
+        keep = ("model.diffusion_model.input_blocks", "model.diffusion_model.middle_block.",
+                "model.diffusion_model.output_blocks", "model.diffusion_model.out.", "model.diffusion_model.time_embed",
+                "first_stage_model.", "cc_projection.")
+        schedule = ("betas", "alphas_cumprod", "alphas", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
+                    "posterior_variance", "posterior_log_variance_clipped")
+        donor = {k: v for k, v in donor.items() if k.startswith(keep) or k in schedule}
+    path = tmp_path / f"{kind}.ckpt"
+    torch.save({"state_dict": donor}, path)
+    train(compose_cfg(tiny_overrides(tmp_path, data_root, steps=1, **{
+        "callbacks.periodic_checkpoint.every_n_train_steps": 2}) + [f"init_from.path={path}", f"init_from.kind={kind}"]))
+    sd = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    vae_keys = [k for k in donor if k.startswith("first_stage_model.")]
+    assert vae_keys and all(torch.equal(sd["model." + k], donor[k]) for k in vae_keys)
+    assert torch.equal(sd["model.cc_projection.weight"], donor["cc_projection.weight"])
