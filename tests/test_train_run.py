@@ -303,3 +303,20 @@ def test_init_from_checkpoint_loads_weights_before_training(tmp_path, data_root,
     vae_keys = [k for k in donor if k.startswith("first_stage_model.")]
     assert vae_keys and all(torch.equal(sd["model." + k], donor[k]) for k in vae_keys)
     assert torch.equal(sd["model.cc_projection.weight"], donor["cc_projection.weight"])
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(tmp_path, data_root):
+    """`trainer.strategy=ddp trainer.devices=2` on CPU (gloo): both ranks train, rank 0 writes one run folder."""
+    over = [o for o in tiny_overrides(tmp_path, data_root, steps=2) if not o.startswith("paths.output_dir")]
+    args = [sys.executable, str(REPO / "train.py")] + over + ["data.batch_size=1", "trainer.strategy=ddp",
+                                                             "trainer.devices=2"]
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = list((tmp_path / "logs" / "train" / "runs" / "smoke").iterdir())
+    assert len(runs) == 1
+    run = runs[0]
+    assert (run / "train_ddp_process_1.log").is_file()
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 2
+    assert list((run / "images" / "val").glob("step_*.png"))
