@@ -137,3 +137,14 @@ def test_load_model_reads_official_and_our_checkpoints(tmp_path, official_tiny_s
         load_model(official, {**tiny_cfg, "unet": {**tiny_cfg["unet"], "model_channels": 64}})
     with pytest.raises(CheckpointError, match="holds no model config"):
         load_model(official, None)
+
+
+def test_lightning_checkpoints_with_omegaconf_hparams_load_without_running_their_classes(tmp_path):
+    from omegaconf import OmegaConf
+
+    path = tmp_path / "pl.ckpt"
+    torch.save({"state_dict": {"w": torch.arange(3.0)}, "hyper_parameters": OmegaConf.create({"a": {"b": [1, 2]}}),
+                "callbacks": {"ModelCheckpoint": {"best": pathlib.PosixPath("/x")}}}, path)
+    sd, extras = read_checkpoint(path)
+    assert torch.equal(sd["w"], torch.arange(3.0))
+    assert type(extras["hyper_parameters"]).__name__.startswith("Stub[")  # an inert stand-in, not omegaconf's class

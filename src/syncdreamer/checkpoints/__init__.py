@@ -58,8 +58,6 @@ def _inert_stub(qualified_name: str) -> type:
     """A class standing in for a non-tensor global of a checkpoint: it records its arguments, runs nothing."""
 
     class _Stub:
-        __qualname__ = __name__ = f"Stub[{qualified_name}]"
-
         def __init__(self, *args, **kwargs):
             self.args, self.kwargs = args, kwargs
 
@@ -69,7 +67,12 @@ def _inert_stub(qualified_name: str) -> type:
         def __call__(self, *args, **kwargs):  # functions pickled by reference
             return _Stub(*args, **kwargs)
 
+    _Stub.__name__ = _Stub.__qualname__ = f"Stub[{qualified_name}]"
     return _Stub
+
+
+_SAFE_BUILTINS = {t.__name__: t for t in (dict, list, tuple, set, frozenset, int, float, complex, str, bytes, bool,
+                                          bytearray, slice, range)}
 
 
 def _torch_load(path: Path) -> Any:
@@ -88,7 +91,13 @@ def _torch_load(path: Path) -> Any:
             name = match.group(1)
             if any(n == name for _, n in stubs):
                 raise CheckpointError(f"{path}: cannot be read safely (global {name} keeps failing)") from None
-            stubs.append((_inert_stub(name), name))
+            if "." not in name:  # a builtin: harmless container types are allowed as themselves
+                builtin = _SAFE_BUILTINS.get(name)
+                if builtin is None:
+                    raise CheckpointError(f"{path}: refused, it is not a plain weights file (builtin {name})")
+                stubs.append((builtin, f"builtins.{name}"))
+            else:
+                stubs.append((_inert_stub(name), name))
         except Exception as err:  # zip, pickle and torch errors all mean "not a checkpoint"
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise CheckpointError(f"{path}: not a PyTorch checkpoint ({first[:200]})") from None
