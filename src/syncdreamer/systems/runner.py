@@ -168,7 +168,7 @@ def load_model_from_checkpoint(path, map_location="cpu", use_ema: bool = True, s
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)  # our checkpoints hold plain data only
     if "config" not in ckpt:
         raise ValueError(f"{path} holds no run config (not a checkpoint of syncdreamer train.py)")
     config = ckpt["config"]
