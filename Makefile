@@ -41,3 +41,7 @@ bench: $(STAMP)
 
 clean:
 	rm -rf outputs .pytest_cache
+
+# The whole pipeline on a CPU: render -> train (smoke) -> generate -> reconstruct -> evaluate -> report.html
+demo: $(STAMP) blender
+	$(PY) demo.py

@@ -164,11 +164,17 @@ class SyncDreamerDataModule(L.LightningDataModule):
                     setattr(self, attr, name)
 
     # ------------------------------------------------------------------------------------------ lightning hooks
-    def prepare_data(self) -> None:
-        """Rank 0 only: make the procedural data set (if configured) and the latent cache (if configured)."""
+    def prepare_renders(self) -> list[str]:
+        """Make the procedural data set (if configured), resolve the uid lists; returns the training uids."""
         if self.prepare is not None:
             prepare_procedural_dataset(self.root, **self.prepare)
         self._resolve_lists()
+        self._select_uids()
+        return list(self.train_uids)
+
+    def prepare_data(self) -> None:
+        """Rank 0 only: make the procedural data set (if configured) and the latent cache (if configured)."""
+        self.prepare_renders()
         if self.latent_cache is not None and self.build_latent_cache:
             self._select_uids()
             if self._encoder is None:

@@ -130,6 +130,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model = instantiate(cfg.model)
     if OmegaConf.select(cfg, "init_from.path") and not cfg.get("ckpt_path"):
         initialize_weights(model, cfg.init_from)
+    warm = OmegaConf.select(cfg, "vae_warmup")
+    if warm is not None and int(warm.get("steps", 0)) > 0 and not cfg.get("ckpt_path"):
+        from .vae_warmup import warmup_vae
+
+        uids = datamodule.prepare_renders()
+        warmup_vae(model, datamodule.root, uids, int(cfg.model.image_size), int(cfg.model.view_num),
+                   steps=int(warm.steps), lr=float(warm.lr), batch_size=int(warm.batch_size),
+                   kl_weight=float(warm.kl_weight), seed=int(cfg.get("seed") or 0))
     system = instantiate(cfg.system, model=model)
     if getattr(datamodule, "latent_cache", None) is not None:
         datamodule.attach_encoder(model)

@@ -1,0 +1,101 @@
+"""Fit the KL autoencoder on the training renders before diffusion training (smoke / from-scratch runs).
+
+The official recipe starts from Zero123's trained SD-1.x VAE. Without those weights (CPU smoke runs, tests,
+new latent spaces) a random VAE decodes every latent to noise, so nothing downstream can be judged. This step
+trains the VAE as a plain autoencoder (L1 reconstruction + a small KL term) on the rendered views and caches
+the weights, keyed by the config and the data, so later runs reuse them. Rank 0 only; off by default
+(``vae_warmup.steps: 0``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from ..data import layout
+
+log = logging.getLogger(__name__)
+
+
+def _views(root: Path, uids: list[str], image_size: int, view_num: int) -> torch.Tensor:
+    """All target and input views of ``uids`` as (M, 3, S, S) in [-1, 1] composited on white."""
+    out = []
+    for uid in uids:
+        for rig in ("target", "input"):
+            for i in range(view_num):
+                path = layout.view_path(root, rig, uid, i)
+                if path.is_file():
+                    out.append(layout.read_view_tensor(path, image_size))
+    if not out:
+        raise ValueError(f"vae_warmup: no rendered views of {len(uids)} objects under {root}")
+    return torch.stack(out)
+
+
+def fit_autoencoder(vae, images: torch.Tensor, steps: int, lr: float = 1e-3, batch_size: int = 16,
+                    kl_weight: float = 1e-6, seed: int = 0, log_every: int = 50) -> list[float]:
+    """Train ``vae`` (:class:`~syncdreamer.models.vae.KLAutoencoder`) to reconstruct ``images`` (M, 3, H, W).
+
+    Loss = mean |decode(z) - x| + kl_weight * KL(q(z|x) || N(0, I)), z a posterior sample. Returns the losses.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    was_training = vae.training
+    vae.train()
+    params = [p for p in vae.parameters()]
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=lr)
+    losses, t0 = [], time.time()
+    for step in range(steps):
+        idx = torch.randint(0, len(images), (min(batch_size, len(images)),), generator=gen)
+        x = images[idx]
+        mean, logvar, std = vae.posterior(x)
+        z = mean + std * torch.randn(mean.shape, generator=gen)
+        recon = vae.vae.decode(z).sample
+        kl = 0.5 * (mean.pow(2) + std.pow(2) - 1.0 - logvar).mean()
+        loss = (recon - x).abs().mean() + kl_weight * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if log_every and (step % log_every == 0 or step == steps - 1):
+            log.info("vae warm-up step %d/%d  L1+KL %.4f  (%.0f s)", step + 1, steps, losses[-1], time.time() - t0)
+    for p, f in zip(params, flags):
+        p.requires_grad_(f)
+    vae.train(was_training)
+    return losses
+
+
+def warmup_vae(model, root, uids: list[str], image_size: int, view_num: int, steps: int, lr: float = 1e-3,
+               batch_size: int = 16, kl_weight: float = 1e-6, seed: int = 0, cache_dir=None) -> Path | None:
+    """Fit ``model.first_stage_model`` on the renders of ``uids`` (or load the cached result); returns the
+    cache file. The cache key covers the VAE's initial weights, the data and every setting."""
+    from safetensors.torch import load_file, save_file
+
+    vae = getattr(model, "first_stage_model", None)
+    if vae is None or steps <= 0:
+        return None
+    root = Path(root)
+    h = hashlib.sha256(json.dumps(dict(uids=sorted(uids), size=image_size, steps=steps, lr=lr, bs=batch_size,
+                                       kl=kl_weight, seed=seed)).encode())
+    for k, v in sorted(vae.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().float().cpu().numpy().tobytes()[:4096])
+    cache = Path(cache_dir or root / "vae_warmup") / f"vae_{h.hexdigest()[:16]}.safetensors"
+    if cache.is_file():
+        vae.load_state_dict(load_file(str(cache)))
+        log.info("vae warm-up: loaded %s", cache)
+        return cache
+    images = _views(root, uids, image_size, view_num)
+    log.info("vae warm-up: fitting the autoencoder on %d views for %d steps ...", len(images), steps)
+    losses = fit_autoencoder(vae, images, steps, lr, batch_size, kl_weight, seed)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    save_file({k: v.detach().contiguous() for k, v in vae.state_dict().items()}, str(tmp))
+    tmp.replace(cache)
+    log.info("vae warm-up: L1+KL %.4f -> %.4f, saved %s", losses[0], losses[-1], cache)
+    return cache

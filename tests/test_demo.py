@@ -1,0 +1,83 @@
+"""The end-to-end demo: the report's contents (fast), the VAE warm-up, the whole `demo.py` run (slow)."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from syncdreamer.pipelines.demo import DemoState
+from syncdreamer.pipelines.report import loss_svg, read_loss_curve, write_report
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _png(path, color, size=16):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size, size, 3), color, np.uint8)).save(path)
+
+
+def test_report_shows_every_part(tmp_path):
+    st = DemoState(out=tmp_path, repo=REPO, uid="obj", elevation_deg=12.5)
+    st.data_root, st.views_dir = tmp_path / "data", tmp_path / "gen" / "obj"
+    st.train_dir, st.recon_dir, st.eval_dir = tmp_path / "train", tmp_path / "rec", tmp_path / "eval"
+    st.input_png = tmp_path / "in.png"
+    _png(st.input_png, 10)
+    for i in range(16):
+        _png(st.views_dir / f"{i:03d}.png", 100)
+        _png(st.data_root / "target" / "obj" / f"{i:03d}.png", 200)
+    _png(st.train_dir / "images" / "val" / "step_0000010.png", 50)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(st.recon_dir.mkdir(parents=True) or st.recon_dir / "turntable.gif")
+    (st.train_dir / "csv").mkdir(parents=True)
+    (st.train_dir / "csv" / "metrics.csv").write_text(
+        "epoch,step,train/loss,val/loss\n0,0,1.0,\n0,1,0.5,\n0,1,,0.7\n0,2,0.25,\n")
+    st.eval_dir.mkdir()
+    (st.eval_dir / "metrics.csv").write_text("object,sample,status,psnr,chamfer\nobj,0,ok,13.2,0.21\n")
+    st.timings = {"train": 10.0, "total": 30.0}
+    html = write_report(st, tmp_path / "report.html").read_text()
+    assert html.count("data:image/png;base64") == 1 + 32 + 1  # input, 16 generated + 16 GT views, val grid
+    assert "data:image/gif;base64" in html  # turntable
+    assert "<svg" in html and html.count("<circle") == 1  # loss curve with the one val point
+    assert "<td>13.2</td>" in html and "<td>0.21</td>" in html and "obj" in html
+    assert read_loss_curve(st.train_dir)["train/loss"] == [(0.0, 1.0), (1.0, 0.5), (2.0, 0.25)]
+    assert "no loss log" in loss_svg({"train/loss": [], "val/loss": []})
+
+
+def test_vae_warmup_fits_and_caches(tmp_path):
+    from syncdreamer.models.vae import KLAutoencoder
+    from syncdreamer.systems.vae_warmup import fit_autoencoder
+
+    torch.manual_seed(0)
+    vae = KLAutoencoder(ch=8, ch_mult=(1, 2), num_res_blocks=1, norm_num_groups=4)
+    x = torch.ones(4, 3, 16, 16)
+    x[:, :, 4:12, 4:12] = -0.5  # a dark square on white
+    losses = fit_autoencoder(vae, x, steps=60, lr=3e-3, batch_size=4, log_every=0)
+    assert losses[-1] < 0.5 * losses[0]
+    assert all(p.requires_grad for p in vae.parameters())  # flags restored
+
+
+def test_slurm_templates_are_valid_bash():
+    for script in sorted((REPO / "slurm").glob("*.sbatch")):
+        subprocess.run(["bash", "-n", str(script)], check=True)
+
+
+@pytest.mark.slow
+@pytest.mark.blender
+def test_demo_end_to_end(tmp_path):
+    """`python demo.py` with shortened stages: every stage runs and report.html holds every part."""
+    if shutil.which("blender") is None and not os.environ.get("CI"):
+        pytest.skip("Blender not installed")
+    out = tmp_path / "demo"
+    cmd = [sys.executable, "demo.py", f"output_dir={out}",
+           "train_overrides=[experiment=smoke,logger=csv,trainer.max_steps=20,trainer.val_check_interval=10,"
+           f"vae_warmup.steps=20,paths.data_dir={tmp_path / 'data'},callbacks.model_checkpoint.every_n_train_steps=10]",
+           "reconstruct_overrides=[recon=fast,steps=60]", "generate_overrides=[sample_steps=4,device=cpu]"]
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    html = (out / "report.html").read_text()
+    assert "data:image/gif;base64" in html and "<svg" in html and "<table>" in html
+    assert (out / "evaluate" / "metrics.csv").exists()
