@@ -72,10 +72,15 @@ def test_demo_end_to_end(tmp_path):
     if shutil.which("blender") is None and not os.environ.get("CI"):
         pytest.skip("Blender not installed")
     out = tmp_path / "demo"
-    cmd = [sys.executable, "demo.py", f"output_dir={out}",
-           "train_overrides=[experiment=smoke,logger=csv,trainer.max_steps=20,trainer.val_check_interval=10,"
-           f"vae_warmup.steps=20,paths.data_dir={tmp_path / 'data'},callbacks.model_checkpoint.every_n_train_steps=10]",
-           "reconstruct_overrides=[recon=fast,steps=60]", "generate_overrides=[sample_steps=4,device=cpu]"]
+    def hydra_list(items):  # a Hydra list override whose elements contain '='
+        return "[" + ",".join(f"'{i}'" for i in items) + "]"
+
+    train = ["experiment=smoke", "logger=csv", "trainer.max_steps=20", "trainer.val_check_interval=10",
+             "vae_warmup.steps=20", f"paths.data_dir={tmp_path / 'data'}",
+             "callbacks.model_checkpoint.every_n_train_steps=10"]
+    cmd = [sys.executable, "demo.py", f"output_dir={out}", f"train_overrides={hydra_list(train)}",
+           f"reconstruct_overrides={hydra_list(['recon=fast', 'steps=60'])}",
+           f"generate_overrides={hydra_list(['sample_steps=4', 'device=cpu'])}"]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     html = (out / "report.html").read_text()

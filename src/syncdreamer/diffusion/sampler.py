@@ -25,6 +25,16 @@ def ddim_timesteps(num_steps: int, num_train_timesteps: int = 1000) -> np.ndarra
     return np.arange(num_steps, dtype=np.int64) * (num_train_timesteps // num_steps) + 1
 
 
+def initial_latents(model: SyncDreamer, cond: Condition, x_T: torch.Tensor | None = None,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """Start latents (B, N, 4, h, w): ``x_T`` when given, else standard normal noise from ``generator``."""
+    dev = cond.input_latent.device
+    if x_T is not None:
+        return x_T.to(dev)
+    shape = (cond.batch_size, model.view_num, model.latent_channels, model.latent_size, model.latent_size)
+    return torch.randn(shape, generator=generator, device=dev)
+
+
 class SyncDDIMSampler:
     """DDIM over (B, N, 4, h, w) latents with classifier-free guidance and view chunking.
 
@@ -66,8 +76,7 @@ class SyncDDIMSampler:
         m = self.model
         cond = m.complete(cond)
         B, dev = cond.batch_size, cond.input_latent.device
-        shape = (B, m.view_num, m.latent_channels, m.latent_size, m.latent_size)
-        x = torch.randn(shape, generator=generator, device=dev) if x_T is None else x_T.to(dev)
+        x = initial_latents(m, cond, x_T, generator)
         total = len(self.timesteps)
         for i, step in enumerate(self.timesteps[::-1]):
             index = total - i - 1

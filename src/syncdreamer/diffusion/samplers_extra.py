@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 
 from ..models.syncdreamer import Condition, SyncDreamer
+from .sampler import initial_latents
 
 
 class SyncDPMSolverSampler:
@@ -50,9 +51,7 @@ class SyncDPMSolverSampler:
         m = self.model
         cond = m.complete(cond)
         B, dev = cond.batch_size, cond.input_latent.device
-        shape = (B, m.view_num, m.latent_channels, m.latent_size, m.latent_size)
-        x = torch.randn(shape, generator=generator, device=dev) if x_T is None else x_T.to(dev)
-        x = x * self.scheduler.init_noise_sigma
+        x = initial_latents(m, cond, x_T, generator) * self.scheduler.init_noise_sigma
         self.scheduler.set_timesteps(self.steps, device=dev)
         total = len(self.scheduler.timesteps)
         for i, step in enumerate(self.scheduler.timesteps):

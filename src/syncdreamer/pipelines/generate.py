@@ -45,12 +45,11 @@ from .elevation import ElevationConfig, estimate_elevation
 from .errors import InputError
 from .foreground import ForegroundConfig, extract_foreground
 from .preprocess import list_inputs, load_image, prepare_input
+from ..checkpoints import CheckpointError
+from ..checkpoints import load_model as _project_load_model
 from .text2image import TextToImageConfig, load_text2image, text_to_image
 
 log = logging.getLogger(__name__)
-
-from ..checkpoints import CheckpointError
-from ..checkpoints import load_model as _project_load_model
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 USER_ERRORS = (InputError, CheckpointError)

@@ -111,7 +111,8 @@ def write_report(state, path: Path) -> Path:
 <html><head><meta charset='utf-8'><title>SyncDreamer demo report</title>
 <style>
 body {{ font-family: sans-serif; margin: 24px; max-width: 1400px; }}
-.row img {{ width: 6.1%; margin: 0 0.1%; image-rendering: pixelated; border: 1px solid #ddd; }}
+.row {{ display: grid; grid-template-columns: repeat(16, 1fr); gap: 2px; margin-bottom: 4px; }}
+.row img {{ width: 100%; image-rendering: pixelated; border: 1px solid #ddd; box-sizing: border-box; }}
 table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
 .missing {{ color: #b00; }} .note {{ color: #555; font-size: 90%; }}
 </style></head><body>
