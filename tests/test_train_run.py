@@ -38,7 +38,7 @@ def tiny_overrides(tmp_path: Path, data_root: Path, steps: int = 2, **extra) -> 
         "model.volume_resolution": 8, "model.frustum_depth": 8, "trainer.max_steps": steps,
         "trainer.val_check_interval": steps, "trainer.log_every_n_steps": 1, "trainer.enable_progress_bar": False,
         "callbacks.model_checkpoint.every_n_train_steps": 1, "callbacks.periodic_checkpoint.every_n_train_steps": steps,
-        "system.validation.sample_steps": 2, "logger": "csv",
+        "system.validation.sample_steps": 2, "logger": "csv", "vae_warmup.steps": 0,
     }
     out.update(extra)
     return [f"{k}={v}" for k, v in out.items()]

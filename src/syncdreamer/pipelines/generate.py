@@ -192,7 +192,7 @@ def build_sampler(sampler_cfg, model):
     factory = instantiate(sampler_cfg, _convert_="all")
     try:
         sampler = factory(model)
-    except (ValueError, IndexError) as err:  # e.g. DDIM's rule range(0, T, T // S) + 1 overflowing T
+    except (ValueError, IndexError) as err:  # e.g. sample_steps outside [1, T]
         raise InputError(f"sampler {sampler_cfg.get('_target_', '?').rsplit('.', 1)[-1]} rejects these settings "
                          f"(sample_steps={sampler_cfg.get('steps')}): {err}") from None
     timesteps = getattr(sampler, "timesteps", None)

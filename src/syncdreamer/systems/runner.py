@@ -131,7 +131,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if OmegaConf.select(cfg, "init_from.path") and not cfg.get("ckpt_path"):
         initialize_weights(model, cfg.init_from)
     warm = OmegaConf.select(cfg, "vae_warmup")
-    if warm is not None and int(warm.get("steps", 0)) > 0 and not cfg.get("ckpt_path"):
+    if OmegaConf.select(cfg, "init_from.path") and warm is not None and int(warm.get("steps", 0)) > 0:
+        log.info("vae_warmup skipped: the VAE comes from init_from.path")
+    elif warm is not None and int(warm.get("steps", 0)) > 0 and not cfg.get("ckpt_path"):
         from .vae_warmup import warmup_vae
 
         uids = datamodule.prepare_renders()
