@@ -142,3 +142,20 @@ def test_ddim_timesteps_rule(steps):
         assert ts.tolist() == [t + 1 for t in range(0, 1000, 1000 // steps)]
     with pytest.raises(ValueError, match="sample_steps"):
         ddim_timesteps(0)
+
+
+def test_without_depth_attention_no_volume_is_computed(monkeypatch):
+    """ablation_no_volume: the Zero123 baseline never builds the spatial volume or the frustums."""
+    torch.manual_seed(0)
+    m = micro(unet=dict(model_channels=32, num_heads=4, depth_attention=False)).eval()
+
+    def boom(*a, **k):
+        raise AssertionError("volume computed without depth attention")
+
+    monkeypatch.setattr(m.spatial_volume, "construct_spatial_volume", boom)
+    monkeypatch.setattr(m.spatial_volume, "construct_view_frustum_volume", boom)
+    c, x = m.complete(cond_for(m)), torch.randn(2, 4, 4, 8, 8)
+    with torch.no_grad():
+        assert m.predict_eps(x, torch.tensor([3, 700]), c, 2.0, 2).shape == x.shape
+        loss, _ = m.training_loss(x, c, torch.tensor([3, 700]), torch.randn_like(x), torch.tensor([[0], [1]]))
+    assert torch.isfinite(loss)

@@ -260,17 +260,24 @@ class SyncDreamer(nn.Module):
     # ------------------------------------------------------------------------------------------------------
     def spatial_volume_for(self, x_t: torch.Tensor, t: torch.Tensor, cond: Condition,
                            t_embed: torch.Tensor | None = None) -> torch.Tensor:
-        """x_t (B, N, 4, h, w) -> spatial volume (B, C, V, V, V) shared by every view (and both CFG branches)."""
+        """x_t (B, N, 4, h, w) -> spatial volume (B, C, V, V, V) shared by every view (and both CFG branches).
+
+        ``None`` when depth-wise attention is off (the Zero123 baseline): nothing would read the volume.
+        """
+        if not self.unet_config.depth_attention:
+            return None
         cond = self.complete(cond)
         t_embed = self.embed_time(t) if t_embed is None else t_embed
         return self.spatial_volume.construct_spatial_volume(x_t, t_embed, cond.view_embed, self.poses, self.Ks)
 
-    def target_view_inputs(self, spatial_volume: torch.Tensor, t_embed: torch.Tensor, cond: Condition,
+    def target_view_inputs(self, spatial_volume: torch.Tensor | None, t_embed: torch.Tensor, cond: Condition,
                            target_indices: torch.Tensor):
         """Frustum features, context tokens (B*TN, 1, C) and concat latents (B*TN, 4, h, w) of target views."""
         B, TN = target_indices.shape
-        frustum = self.spatial_volume.construct_view_frustum_volume(spatial_volume, t_embed, cond.view_embed,
-                                                                    self.poses, self.Ks, target_indices)
+        frustum = None
+        if spatial_volume is not None:
+            frustum = self.spatial_volume.construct_view_frustum_volume(spatial_volume, t_embed, cond.view_embed,
+                                                                        self.poses, self.Ks, target_indices)
         rows = torch.arange(B, device=target_indices.device)[:, None]
         tokens = cond.clip_tokens[rows, target_indices].reshape(B * TN, 1, -1)
         concat = cond.input_latent.repeat_interleave(TN, 0)
