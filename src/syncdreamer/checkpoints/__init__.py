@@ -28,6 +28,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..config import to_plain
+
 __all__ = [
     "CheckpointError",
     "read_checkpoint",
@@ -266,13 +268,7 @@ def build_model(model_cfg: Mapping | None = None, **overrides) -> nn.Module:
 
     cfg = {k: v for k, v in dict(model_cfg or {}).items() if k != "_target_"}
     cfg.update(overrides)
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        cfg = {k: (OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v)
-               for k, v in cfg.items()}
-    except ImportError:  # pragma: no cover
-        pass
+    cfg = {k: to_plain(v) for k, v in cfg.items()}
     return SyncDreamer(**cfg)
 
 

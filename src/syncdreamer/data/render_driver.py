@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import to_plain
 from ..cameras import Rig, focal_from_lens, make_rig, pose_to_blender_c2w
 from . import layout
 from .mesh_io import MESH_SUFFIXES
@@ -75,7 +76,7 @@ def resolve_settings(cfg) -> dict:
 
     Returns a plain dict; raises :class:`RenderError` for an unknown preset or invalid values.
     """
-    cfg = dict(_to_plain(cfg))
+    cfg = dict(to_plain(cfg))
     presets = cfg.get("presets") or {}
     name = cfg.get("preset")
     if name not in presets:
@@ -97,17 +98,6 @@ def resolve_settings(cfg) -> dict:
         raise RenderError(f"need 0 <= shard < num_shards, got shard={cfg['shard']} num_shards={cfg['num_shards']}")
     if int(cfg["workers"]) < 1 or int(cfg["objects_per_process"]) < 1:
         raise RenderError("workers and objects_per_process must be >= 1")
-    return cfg
-
-
-def _to_plain(cfg):
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
     return cfg
 
 

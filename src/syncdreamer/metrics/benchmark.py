@@ -19,6 +19,7 @@ from typing import Callable
 
 import numpy as np
 
+from syncdreamer.config import to_plain
 from syncdreamer.metrics import geometry as geo
 from syncdreamer.metrics.image import LPIPSMetric
 from syncdreamer.metrics.protocol import (METRICS, Sample, _one_line, evaluate_sample, find_samples,
@@ -29,11 +30,6 @@ from syncdreamer.recon.io import load_cameras, load_views
 __all__ = ["run_benchmark", "list_objects"]
 
 GenerateFn = Callable[[str, Path, Path, int], None]
-
-
-def _plain(cfg):
-    from omegaconf import DictConfig, OmegaConf
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
 
 
 def list_objects(gt_dir, objects=None) -> list[str]:
@@ -91,7 +87,7 @@ def run_benchmark(cfg, generate_fn: GenerateFn | None = None, reconstruct_fn=Non
     """Run the protocol; returns ``{"rows": [...], "summary": {...}, "files": {...}}``.
 
     ``reconstruct_fn(views (N,H,W,C), poses, Ks, out_dir) -> trimesh`` overrides the NeuS stage (tests)."""
-    cfg = _plain(cfg)
+    cfg = dict(to_plain(cfg))
     gt_dir = Path(cfg["gt_dir"])
     out = Path(cfg["output_dir"])
     out.mkdir(parents=True, exist_ok=True)

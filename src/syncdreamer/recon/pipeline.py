@@ -17,20 +17,11 @@ import numpy as np
 import torch
 
 from syncdreamer.recon.export import extract_mesh, save_mesh, turntable
+from syncdreamer.config import to_plain
 from syncdreamer.recon.io import compute_masks, composite_white, load_cameras, load_views
 from syncdreamer.recon.neus import fit_neus, merge_config, DEFAULT_CONFIG, pick_device
 
 __all__ = ["reconstruct", "reconstruct_views"]
-
-
-def _plain(cfg):
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-        if isinstance(cfg, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return cfg
 
 
 def _mask_source(spec):
@@ -81,7 +72,7 @@ def reconstruct_views(views: np.ndarray, poses, Ks, recon_cfg: dict, output_dir,
 
 def reconstruct(cfg, log=print) -> dict:
     """Run a ``conf/reconstruct.yaml`` config (DictConfig or dict); see the module docstring."""
-    cfg = _plain(cfg)
+    cfg = to_plain(cfg)
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg["num_threads"]))
     n = int(cfg.get("n_views", 16))

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config import to_plain
 from ..diffusion.sampler import SyncDDIMSampler
 from ..models.syncdreamer import Condition, SyncDreamer
 from .ema import ParameterEMA
@@ -86,17 +87,6 @@ def _typed(cls, value):
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
 
 
-def _plain(value):
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(value, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(value, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return value
-
-
 def warmup_factor(step: int, warmup_steps: int, start: float) -> float:
     """LR factor: linear from ``start`` (step 0) to 1 at ``warmup_steps``, then 1 (official LambdaLinearScheduler
     with f_max = f_min = 1)."""
@@ -123,7 +113,7 @@ class SyncDreamerSystem(L.LightningModule):
                  vae_chunk: int = 64):
         super().__init__()
         # plain containers only (Hydra passes DictConfigs): checkpoints must load with weights_only=True
-        optimizer, ema, validation = _plain(optimizer), _plain(ema), _plain(validation)
+        optimizer, ema, validation = to_plain(optimizer), to_plain(ema), to_plain(validation)
         if not isinstance(model, SyncDreamer):
             raise TypeError(f"model must be a syncdreamer.models.SyncDreamer, got {type(model).__name__}")
         self.model = model
