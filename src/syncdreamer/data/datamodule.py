@@ -19,6 +19,7 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader
 
+from ..cameras import focal_from_lens
 from . import layout
 from .dataset import (DataError, RenderedObjectsDataset, ValidationImageFolder, resolve_uids,
                       valid_objects)
@@ -60,7 +61,7 @@ def prepare_procedural_dataset(root, num_objects: int = 8, seed: int = 0, val_ob
     log_fn(f"preparing the procedural data set in {root} ({num_objects} objects, Blender) ...")
     summary = run_render(OmegaConf.to_container(cfg, resolve=True), log=log_fn)
     res = int(cfg.resolution)
-    focal = float(cfg.lens_mm) / float(cfg.sensor_mm) * res
+    focal = focal_from_lens(float(cfg.lens_mm), float(cfg.sensor_mm), res)
     vcfg = ValidationConfig(views=int(cfg.views), resolution=res, focal=focal, distance=float(cfg.distance),
                             elevation=float(cfg.elevation), input_elevation=tuple(cfg.input_elevation),
                             **dict(checks or {}))

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cameras import camera_centers_from_angles, look_at, project
+from ..cameras import camera_centers_from_angles, focal_from_lens, look_at, project
 from . import layout
 from .mesh_io import TRIMESH_SUFFIXES, load_normalized_mesh
 
@@ -210,7 +210,7 @@ def check_meta(meta: dict, rig: str, cfg: ValidationConfig) -> list[str]:
     n = cfg.views
     if len(meta["poses"]) != n:
         return [f"{rig}: meta.pkl has {len(meta['poses'])} cameras, expected {n}"]
-    f = cfg.focal if cfg.focal is not None else cfg.lens_mm / cfg.sensor_mm * cfg.resolution
+    f = cfg.focal if cfg.focal is not None else focal_from_lens(cfg.lens_mm, cfg.sensor_mm, cfg.resolution)
     K = np.array([[f, 0, cfg.resolution / 2], [0, f, cfg.resolution / 2], [0, 0, 1]])
     if not np.allclose(meta["K"], K, atol=1e-3):
         errs.append(f"{rig}: K {meta['K'].round(3).tolist()} differs from the rig's {K.tolist()}")
