@@ -111,8 +111,10 @@ def test_elevation_estimate_clamps_and_falls_back():
     cfg = ElevationConfig(min_deg=-10, max_deg=25, fallback_deg=30)
     est = estimate_elevation(silhouette(40, 0.4, 0.3), cfg)
     assert est.elevation_deg == 25 and est.raw_deg > 25
-    box = estimate_elevation(silhouette(20, 0.3, 0.6, square=True, az_deg=30))  # a V-shaped base: not elliptic
-    assert box.method in ("fallback", "silhouette")
+    # a box turned 30 degrees: its base outline is a V, which no ellipse fits -> the configured fallback
+    box = estimate_elevation(silhouette(20, 0.3, 0.6, square=True, az_deg=30), cfg)
+    assert (box.method, box.elevation_deg, box.raw_deg) == ("fallback", 30.0, None)
+    assert "not elliptic" in box.details["reason"]
     assert estimate_elevation(np.zeros((32, 32), bool)).method == "fallback"
     assert estimate_elevation(np.zeros((32, 32), bool)).elevation_deg == 30.0
 
