@@ -142,7 +142,17 @@ def test_rgb_image_opencv_fallback_and_samples(micro, tmp_path):
         assert meta["foreground"]["method"] == "opencv"
         assert meta["sampler"] == "dpmsolver"
         assert meta["input_view"]["source"] == "estimated"
-        assert -10.0 <= meta["input_view"]["elevation_deg"] <= 40.0
+        # the estimate is the silhouette estimator's on the framed mask, with conf/generate.yaml's numbers
+        # and the model's focal length (the clamp alone would keep any number in [-10, 40])
+        from omegaconf import OmegaConf
+
+        from syncdreamer.pipelines.elevation import ElevationConfig, estimate_elevation
+
+        numbers = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "generate.yaml").elevation_estimate)
+        expected = estimate_elevation(np.asarray(Image.open(f / "input.png"))[..., 3] > 0,
+                                      ElevationConfig(**{**numbers, "focal": MICRO_MODEL["focal"]}))
+        assert meta["input_view"]["elevation_deg"] == expected.elevation_deg
+        assert meta["input_view"]["estimate"] == pytest.approx(expected.to_json())
     assert json.loads((folders[1] / "cameras.json").read_text())["sample_index"] == 1
     # the OpenCV mask covers the object (37 x 58 px box plus disc) and not the white border
     mask = np.asarray(Image.open(folders[0] / "mask.png")) > 0
