@@ -22,6 +22,14 @@ def golden_root() -> Path:
     return Path(env) if env else REPO.parent / "shared" / "golden"
 
 
+def missing_fixture(reason: str):
+    """A test input that should be on disk is not: skip here, but fail under CI (env ``CI`` set), where
+    every fixture must be present (see the CI skip rule in tests/conftest.py)."""
+    if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+        pytest.fail(f"{reason} and CI is set: CI must provide it")
+    pytest.skip(reason)
+
+
 def fixtures_of_kind(kind: str) -> list[Path]:
     root = golden_root()
     if not root.is_dir():

@@ -8,7 +8,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from golden_utils import REPO, denoiser_kwargs, fixtures_of_kind, golden_root
+from golden_utils import REPO, denoiser_kwargs, fixtures_of_kind, golden_root, missing_fixture
 from syncdreamer.checkpoints import build_model, official_to_model_keys
 
 CONF = REPO / "conf"
@@ -41,7 +41,7 @@ def test_tiny_config_equals_golden_manifests():
     cfg = model_cfg("syncdreamer_tiny")
     dens = fixtures_of_kind("denoiser")
     if not dens:
-        pytest.skip(f"no golden fixtures under {golden_root()}")
+        missing_fixture(f"no golden fixtures under {golden_root()}")
     manifest = json.loads((dens[0] / "manifest.json").read_text())["config"]
     _subset(denoiser_kwargs(manifest), cfg)
     for kind, check in (("vae", lambda c: {"ch": c["ddconfig"]["ch"], "ch_mult": c["ddconfig"]["ch_mult"],
@@ -68,8 +68,9 @@ def _official_table():
     return rows
 
 
-@pytest.mark.skipif(not KEYS_TSV.exists(), reason="reference key table missing")
 def test_full_size_model_maps_one_to_one_onto_official_keys():
+    if not KEYS_TSV.is_file():
+        missing_fixture(f"reference key table missing: {KEYS_TSV}")
     table = _official_table()
     assert len(table) == 1618
     with torch.device("meta"):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from golden_utils import missing_fixture
 from syncdreamer.models import clip as clip_mod
 from syncdreamer.models.clip import CLIPImageEmbedder, load_openai_clip_state_dict
 from syncdreamer.models.vae import KLAutoencoder, convert_official_vae_state_dict
@@ -19,7 +20,7 @@ TABLE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "syncdrea
 def _official_table(prefix: str) -> dict[str, tuple]:
     """{key without prefix: shape} for the rows of the official state-dict table under ``prefix``."""
     if not TABLE.is_file():
-        pytest.skip(f"official key table missing: {TABLE}")
+        missing_fixture(f"official key table missing: {TABLE}")
     out = {}
     for line in TABLE.read_text().splitlines():
         if line.startswith("#") or not line.startswith(prefix):
