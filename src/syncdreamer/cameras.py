@@ -180,13 +180,6 @@ def make_rig(
                image_size=image_size)
 
 
-def rig_from_config(cfg: RigConfig | dict) -> Rig:
-    """:func:`make_rig` from a :class:`RigConfig` or a mapping with the same keys."""
-    if not isinstance(cfg, RigConfig):
-        cfg = RigConfig(**dict(cfg))
-    return make_rig(cfg.n_views, cfg.elevation_deg, cfg.distance, cfg.image_size, cfg.focal, cfg.azimuth_start_deg)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Pose algebra (numpy or torch, batched over leading dimensions)
 # ----------------------------------------------------------------------------------------------------------
