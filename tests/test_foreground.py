@@ -1,6 +1,8 @@
 """Foreground extraction: alpha, OpenCV fallback (border colour model + GrabCut), optional SAM / rembg errors."""
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 
@@ -50,8 +52,10 @@ def test_alpha_method_and_auto():
     assert fg.method == "alpha" and np.array_equal(fg.mask, truth)
     assert extract_foreground(rgba, "auto").method == "alpha"
     opaque = np.dstack([rgb, np.full(truth.shape, 255, np.uint8)])     # constant alpha: not a real mask
-    expected = "rembg" if fgm.rembg_available() else "opencv"
-    assert extract_foreground(opaque, "auto").method in (expected, "opencv")
+    with pytest.MonkeyPatch.context() as mp:  # rembg absent: auto uses OpenCV (rembg present: see below)
+        mp.setattr(fgm, "rembg_available", lambda: False)
+        fg = extract_foreground(opaque, "auto")
+        assert fg.method == "opencv" and iou(fg.mask, truth) > 0.95
     with pytest.raises(InputError, match="no alpha channel"):
         extract_foreground(rgb, "alpha")
     with pytest.raises(InputError, match="empty mask"):
@@ -75,8 +79,125 @@ def test_sam_and_rembg_errors_are_one_line(tmp_path, monkeypatch):
     assert extract_foreground(rgb, "auto").method == "opencv"  # no rembg -> OpenCV fallback
 
 
+def stub_rembg(monkeypatch, alpha=None, error=None) -> dict:
+    """Install a stand-in ``rembg`` module (NOT the real package): ``remove`` returns RGBA with ``alpha``
+    or raises ``error``. Returns what it was called with."""
+    import sys
+    import types
+
+    seen = {}
+    stub = types.ModuleType("rembg")
+
+    def new_session(name):
+        seen["model"] = name
+        return f"session({name})"
+
+    def remove(image, session):
+        seen["image"], seen["session"] = image.shape, session
+        if error is not None:
+            raise error
+        return np.dstack([image, alpha])
+
+    stub.new_session, stub.remove = new_session, remove
+    monkeypatch.setitem(sys.modules, "rembg", stub)
+    monkeypatch.setattr(fgm, "rembg_available", lambda: True)
+    return seen
+
+
+def test_auto_prefers_rembg_and_falls_back_to_opencv_with_a_stub_rembg(monkeypatch):
+    """The rembg branch of ``auto`` with a STUB ``rembg`` module (the real package, when installed, is
+    tested by test_rembg_real_package): its mask is used as is; a failing rembg falls back to OpenCV."""
+    rgb, truth = scene()
+    other = np.zeros_like(truth)
+    other[40:90, 30:100] = True                       # a mask OpenCV would never find: proves it is rembg's
+    seen = stub_rembg(monkeypatch, alpha=other.astype(np.uint8) * 255)
+    fg = extract_foreground(rgb, "auto", ForegroundConfig(rembg_model="isnet-general-use"))
+    assert fg.method == "rembg" and np.array_equal(fg.mask, other)
+    assert seen == {"model": "isnet-general-use", "image": (128, 128, 3), "session": "session(isnet-general-use)"}
+    stub_rembg(monkeypatch, error=RuntimeError("model file missing\nsecond line"))
+    fg = extract_foreground(rgb, "auto")
+    assert fg.method == "opencv" and iou(fg.mask, truth) > 0.95
+    with pytest.raises(InputError, match=r"rembg failed \(RuntimeError: model file missing\)"):
+        extract_foreground(rgb, "rembg")
+
+
+def _rembg_model_file(model: str):
+    import os
+    from pathlib import Path
+
+    return Path(os.environ.get("U2NET_HOME", Path.home() / ".u2net")).expanduser() / f"{model}.onnx"
+
+
+@pytest.mark.skipif(not fgm.rembg_available(), reason="optional package rembg not installed")
+def test_rembg_real_package():
+    """The real ``rembg`` (where installed, with its model file on disk: tests never download)."""
+    cfg = ForegroundConfig()
+    if not _rembg_model_file(cfg.rembg_model).is_file():
+        pytest.skip(f"rembg installed but its model file {_rembg_model_file(cfg.rembg_model)} is missing "
+                    "(tests do not download it)")
+    rgb, truth = scene()
+    fg = extract_foreground(rgb, "rembg", cfg)
+    assert fg.method == "rembg" and iou(fg.mask, truth) > 0.9
+    assert extract_foreground(rgb, "auto", cfg).method == "rembg"
+
+
+def tiny_sam(checkpoint=None):
+    """A real ``segment_anything.modeling.Sam`` with tiny numbers (128 px, one ViT block, 32 channels), built
+    like the package's own ``build_sam_vit_*`` so that the real predictor, transforms and decoder run fast."""
+    import torch
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    dim, size = 32, 128
+    sam = Sam(image_encoder=ImageEncoderViT(img_size=size, patch_size=16, embed_dim=dim, depth=1, num_heads=2,
+                                            out_chans=dim, use_rel_pos=True, window_size=4, global_attn_indexes=()),
+              prompt_encoder=PromptEncoder(embed_dim=dim, image_embedding_size=(size // 16, size // 16),
+                                           input_image_size=(size, size), mask_in_chans=4),
+              mask_decoder=MaskDecoder(num_multimask_outputs=3, transformer_dim=dim, iou_head_depth=2,
+                                       iou_head_hidden_dim=dim,
+                                       transformer=TwoWayTransformer(depth=1, embedding_dim=dim, mlp_dim=64,
+                                                                     num_heads=2)),
+              pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375]).eval()
+    if checkpoint is not None:
+        sam.load_state_dict(torch.load(checkpoint))
+    return sam
+
+
+@pytest.mark.slow  # builds and runs a (tiny) Sam twice: minutes on a loaded 2-core machine
+@pytest.mark.skipif(importlib.util.find_spec("segment_anything") is None,
+                    reason="optional package segment_anything not installed")
+def test_sam_real_package_with_random_weights(tmp_path, monkeypatch):
+    """The real ``segment_anything`` package (no official weights here: a tiny randomly initialised Sam,
+    registered in the package's own ``sam_model_registry``): our SAM branch must give exactly what the real
+    SamPredictor gives for the OpenCV box prompt plus the configured margin, best-scoring of the three
+    masks (or the empty-mask error when that one is empty)."""
+    import torch
+    from segment_anything import SamPredictor, sam_model_registry
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "sam_tiny.pth"
+    torch.save(tiny_sam().state_dict(), ckpt)
+    monkeypatch.setitem(sam_model_registry, "tiny", tiny_sam)
+    rgb, _ = scene()
+    cfg = ForegroundConfig(sam_checkpoint=str(ckpt), sam_model_type="tiny", sam_box_margin=0.05)
+    ys, xs = np.nonzero(fgm.opencv_mask(rgb, cfg))
+    m = 0.05 * 128
+    box = np.clip(np.array([xs.min() - m, ys.min() - m, xs.max() + m, ys.max() + m]), 0, 127).astype(np.float32)
+    predictor = SamPredictor(tiny_sam(str(ckpt)))
+    predictor.set_image(rgb)
+    masks, scores, _ = predictor.predict(box=box, multimask_output=True)
+    best = masks[int(np.argmax(scores))]
+    assert masks.shape == (3, 128, 128)
+    if best.sum() < max(1, cfg.min_area_fraction * best.size):
+        with pytest.raises(InputError, match="empty mask"):
+            extract_foreground(rgb, "sam", cfg)
+    else:
+        fg = extract_foreground(rgb, "sam", cfg)
+        assert fg.method == "sam" and np.array_equal(fg.mask, best)
+
+
 def test_sam_path_with_a_stub_package(tmp_path, monkeypatch):
-    """The SAM branch, with a stand-in ``segment_anything`` module (no weights here): box prompt, best mask."""
+    """The SAM branch with a STUB ``segment_anything`` module (NOT the real package, and no weights here):
+    box prompt, best mask. The real package is tested by test_sam_real_package_with_random_weights."""
     import sys
     import types
 
