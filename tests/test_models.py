@@ -72,11 +72,18 @@ def test_chunking_and_batched_cfg_do_not_change_results():
         full = m.predict_eps(x, t, c, 2.5, None)
         chunked = m.predict_eps(x, t, c, 2.5, 3)
         cond_only = m.predict_eps(x, t, c, 1.0, 2)
-        uncond = m.predict_eps(x, t, Condition(torch.zeros_like(c.input_latent), c.clip_embed, c.elevation,
-                                               c.view_embed, torch.zeros_like(c.clip_tokens)), 1.0, None)
+        uncond = m.predict_eps(x, t, c, 0.0, None)  # eps_u + 0 * (eps_c - eps_u): the unconditional branch
+        # reference for the unconditional branch (spec: CFG): the UNet on the same noisy views with the CLIP
+        # token, the concat latent and the frustum features (every scale) all zero
+        t_embed = m.embed_time(t)
+        views = torch.arange(4).expand(2, -1)
+        frustum, tokens, concat = m.target_view_inputs(m.spatial_volume_for(x, t, c, t_embed), t_embed, c, views)
+        reference = m.model(x.flatten(0, 1), t.repeat_interleave(4), torch.zeros_like(tokens),
+                            {k: torch.zeros_like(v) for k, v in frustum.items()}, torch.zeros_like(concat))
     torch.testing.assert_close(full, chunked, atol=1e-5, rtol=1e-5)
-    assert not torch.allclose(full, cond_only)
-    assert uncond.shape == full.shape
+    assert not torch.allclose(full, cond_only) and not torch.allclose(uncond, cond_only, atol=1e-3)
+    torch.testing.assert_close(uncond, reference.view_as(x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(full, uncond + 2.5 * (cond_only - uncond), atol=1e-5, rtol=1e-4)
 
 
 def test_gradient_checkpointing_gives_the_same_loss_and_grads_and_frozen_parts_get_none():
@@ -103,13 +110,36 @@ def test_gradient_checkpointing_gives_the_same_loss_and_grads_and_frozen_parts_g
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
-def test_attention_backends_agree():
-    q, k, v = (torch.randn(2, 4, 16, 8) for _ in range(3))
-    torch.testing.assert_close(attention(q, k, v, "sdpa"), attention(q, k, v, "math"), atol=1e-5, rtol=1e-5)
-    # xformers falls back to SDPA off CUDA
-    torch.testing.assert_close(attention(q, k, v, "xformers"), attention(q, k, v, "sdpa"))
+def reference_attention(q, k, v):
+    """Plain multi-head attention written out here: softmax(q k^T / sqrt(d)) v over (B, heads, L, d)."""
+    weights = torch.einsum("bhqd,bhkd->bhqk", q.double(), k.double()) / q.shape[-1] ** 0.5
+    return torch.einsum("bhqk,bhkd->bhqd", weights.softmax(-1), v.double()).to(q.dtype)
+
+
+def test_attention_backends_match_a_plain_reference():
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 4, 16, 8, generator=g)
+    k, v = torch.randn(2, 4, 24, 8, generator=g), torch.randn(2, 4, 24, 8, generator=g)  # cross-attention
+    expected = reference_attention(q, k, v)
+    # off CUDA the xformers backend falls back to SDPA: it must still compute attention
+    for backend in ("sdpa", "math", "xformers"):
+        torch.testing.assert_close(attention(q, k, v, backend), expected, atol=1e-5, rtol=1e-5, msg=backend)
     with pytest.raises(ValueError, match="unknown attention backend"):
         attention(q, k, v, "flash9")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU (needs CUDA for the xformers kernel)")
+def test_xformers_kernel_matches_the_reference_on_cuda():
+    """The real xformers kernel (its (B, L, heads, d) layout) against the plain reference, fp32 and fp16."""
+    from syncdreamer.models.attention import _xformers_available
+
+    if not _xformers_available():
+        pytest.skip("optional package xformers not installed")
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, n, 64, generator=g).cuda() for n in (40, 77, 77))
+    for dtype, tol in ((torch.float32, 1e-4), (torch.float16, 2e-3)):
+        a, b, c = q.to(dtype), k.to(dtype), v.to(dtype)
+        torch.testing.assert_close(attention(a, b, c, "xformers"), reference_attention(a, b, c), atol=tol, rtol=tol)
 
 
 def test_condition_dropping_zeroes_inputs_at_the_configured_rates():
