@@ -184,6 +184,10 @@ def test_batch_shape_errors_are_clear():
 
 def test_condition_dropping_changes_the_prediction_only_when_on():
     model = small_model(randomize_zero_init=True, condition_drop={"drop_all": 1.0})  # drop everything for every sample
+    with torch.no_grad():  # random biases too (GroupNorm ...): zero features must differ from no features
+        for p in model.model.parameters():
+            if p.ndim == 1 and not p.any():
+                p.normal_(0.0, 0.05)
     system = SyncDreamerSystem(model, drop_conditions=True)
     batch = fake_image_batch()
     draws = system.draw(torch.zeros(2, 16, 4, 8, 8), torch.Generator().manual_seed(0))
@@ -199,8 +203,15 @@ def test_condition_dropping_changes_the_prediction_only_when_on():
         xt = q_sample(x0, draws.t, draws.noise, model.sqrt_alphas_cumprod, model.sqrt_one_minus_alphas_cumprod)
         rows = torch.arange(2)
         x = xt[rows, draws.target_index[:, 0]]
-        eps_u = model.model(x, draws.t, torch.zeros(2, 1, 768), None, torch.zeros_like(cond.input_latent))
+        # ... and zero frustum features at every scale (the volume is dropped, the depth attention still runs)
+        t_embed = model.embed_time(draws.t)
+        frustum, tokens, _ = model.target_view_inputs(model.spatial_volume_for(xt, draws.t, cond, t_embed), t_embed,
+                                                      cond, draws.target_index)
+        zero_frustum = {k: torch.zeros_like(v) for k, v in frustum.items()}
+        eps_u = model.model(x, draws.t, torch.zeros_like(tokens), zero_frustum, torch.zeros_like(cond.input_latent))
+        no_frustum = model.model(x, draws.t, torch.zeros_like(tokens), None, torch.zeros_like(cond.input_latent))
     assert not torch.allclose(eps_keep, eps_drop)
+    assert not torch.allclose(eps_u, no_frustum, atol=1e-4)  # the reference is not the volume-free UNet
     torch.testing.assert_close(eps_drop, eps_u, atol=1e-5, rtol=1e-5)
 
 
