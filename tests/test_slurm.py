@@ -126,8 +126,9 @@ def test_submitit_sweep_runs_both_points_and_states_the_sacct_warning_once(slurm
         assert OmegaConf.load(job / ".hydra" / "config.yaml").model.volume_resolution == v
         ckpt = torch.load(job / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
         assert ckpt["global_step"] == 3 and ckpt["config"]["model"]["volume_resolution"] == v
-    output = proc.stdout + proc.stderr
-    assert output.count("Bypassing sacct error") == 0
+    output = proc.stdout + proc.stderr  # no accounting here: sacct fails on every call
+    assert "Bypassing sacct error" not in output, output[-3000:]
+    assert output.count("Slurm accounting storage is disabled") <= 1, output[-3000:]  # (quoted in the one line)
     assert output.count("sacct cannot report job states here") == 1, output[-3000:]
 
 
@@ -153,12 +154,22 @@ def test_train_sbatch_on_cpu_with_two_ddp_tasks(slurm_cluster, smoke_data, tmp_p
 
 @pytest.mark.slow
 def test_submitit_time_limit_requeues_and_resumes_exactly(slurm_cluster, smoke_data, tmp_path):
-    """timeout_min=2, signal_delay_s=30: each attempt is signalled, writes last.ckpt, is requeued, resumes."""
-    steps = int(os.environ.get("SD_REQUEUE_TEST_STEPS", "400"))
+    """timeout_min=2, signal_delay_s=30: each attempt is signalled, writes last.ckpt, is requeued, resumes.
+
+    SLURM signals an attempt 60-90 s after it starts, so 2 attempts train for at most ~150 s: the step count is
+    150 s of training at the pace measured on this machine (at least 3 attempts unless it gets faster)."""
+    calib = tmp_path / "calib"
+    proc = subprocess.run([sys.executable, str(REPO / "train.py"), *smoke_overrides(smoke_data, tmp_path, 8),
+                           f"hydra.run.dir={calib}", "logger=csv"], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=900, env={**os.environ, **job_env()})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with (calib / "csv" / "metrics.csv").open(newline="") as f:
+        times = sorted(float(r["train/step_time_s"]) for r in csv.DictReader(f) if r.get("train/step_time_s"))[1:]
+    steps = max(40, int(150 / times[len(times) // 2]) // 8 * 8)
     logs = tmp_path / "logs"
     proc = slurm_cluster.run(*sweep_args(smoke_data, logs, steps, "hydra.launcher.timeout_min=2",
                                          "hydra.launcher.signal_delay_s=30", "hydra.launcher.max_num_timeout=6",
-                                         "callbacks.model_checkpoint.every_n_train_steps=1000",
+                                         f"callbacks.model_checkpoint.every_n_train_steps={steps // 8}",
                                          f"callbacks.periodic_checkpoint.every_n_train_steps={steps // 4}"),
                              cwd=tmp_path, env=job_env(), timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -174,6 +185,7 @@ def test_submitit_time_limit_requeues_and_resumes_exactly(slurm_cluster, smoke_d
     requeues = job_log.count("Requeued job")
     assert requeues >= 2, job_log[-3000:]
     assert job_log.count("resuming from") == requeues
+    print(f"requeue test: {steps} steps, {requeues} requeues")
 
 
 @pytest.mark.slow
