@@ -220,3 +220,76 @@ def test_train_sbatch_warning_signal_and_preemption_resume_exactly(slurm_cluster
     assert ckpt["global_step"] == steps
     logged = csv_steps(run)
     assert logged == list(range(steps)), [s for s in range(steps) if logged.count(s) != 1]
+
+
+# ---------------------------------------------------------------------------------------------- in-process
+class _SignalAt(__import__("lightning").Callback):
+    """Sends this process ``signum`` when step ``step`` ends (as SLURM would, at any moment)."""
+
+    def __init__(self, step: int, signum: int):
+        self.step, self.signum = step, signum
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+def test_warning_signal_checkpoints_hands_over_to_the_requeue_handler_and_the_requeued_attempt_resumes(
+        smoke_data, tmp_path, monkeypatch):
+    """No SLURM needed: SIGUSR2 after step 3 with a submitit-like handler installed; the attempt writes
+    last.ckpt at step 3 and calls that handler; attempt 2 (SLURM_RESTART_COUNT=1) resumes to max_steps."""
+    import signal
+
+    import syncdreamer.systems.runner as runner
+    from test_train_run import compose_cfg
+
+    calls = []
+
+    def submitit_like(signum, frame):  # submitit: dump the submission, scontrol requeue, sys.exit(-1)
+        calls.append(signum)
+        raise SystemExit(-1)
+
+    monkeypatch.setenv("SLURM_JOB_ID", "1")
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    old = signal.signal(signal.SIGUSR2, submitit_like)
+    over = [o for o in smoke_overrides(smoke_data, tmp_path / "logs", 6)] + [
+        f"paths.root_dir={REPO}", f"paths.output_dir={tmp_path / 'run'}", "logger=csv", "callbacks.model_checkpoint.every_n_train_steps=4",
+        "callbacks.periodic_checkpoint.every_n_train_steps=2"]
+    orig = runner.instantiate_callbacks
+    try:
+        monkeypatch.setattr(runner, "instantiate_callbacks", lambda c: orig(c) + [_SignalAt(3, signal.SIGUSR2)])
+        with pytest.raises(SystemExit):
+            runner.train(compose_cfg(over))
+        assert calls == [signal.SIGUSR2]
+        assert signal.getsignal(signal.SIGUSR2) is submitit_like  # handlers restored after the attempt
+        last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+        assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 3
+        assert csv_steps(tmp_path / "run") == [0, 1, 2]
+        monkeypatch.setattr(runner, "instantiate_callbacks", orig)
+        monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+        metrics = runner.train(compose_cfg(over))
+    finally:
+        signal.signal(signal.SIGUSR2, old)
+    assert metrics["global_step"] == 6
+    assert csv_steps(tmp_path / "run") == list(range(6))
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("*.ckpt"))
+    assert names == ["last.ckpt", "step0000002.ckpt", "step0000004.ckpt", "step0000006.ckpt"]
+
+
+def test_requeue_resume_path_only_on_a_requeued_attempt(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from syncdreamer.systems.runner import requeue_resume_path
+
+    cfg = OmegaConf.create({"ckpt_path": None, "callbacks": {"m": {
+        "_target_": "lightning.pytorch.callbacks.ModelCheckpoint", "dirpath": str(tmp_path), "save_last": True}}})
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    (tmp_path / "last.ckpt").write_bytes(b"x")
+    assert requeue_resume_path(cfg) is None  # a first attempt never resumes by itself
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    assert requeue_resume_path(cfg) == str(tmp_path / "last.ckpt")
+    cfg.ckpt_path = "/explicit.ckpt"
+    assert requeue_resume_path(cfg) is None  # an explicit ckpt_path wins
+    cfg.ckpt_path = None
+    (tmp_path / "last.ckpt").unlink()
+    assert requeue_resume_path(cfg) is None  # nothing saved yet: start from step 0
