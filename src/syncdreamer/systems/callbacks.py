@@ -137,6 +137,15 @@ class CheckpointOnSignal(Checkpoint):
         if self.requeue:
             self.requeue_job(trainer)
 
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        """Lightning restores a mid-epoch checkpoint as one written at the end of a batch, before its logging
+        step counter moves on, and adds 1 to ``_batches_that_stepped``; ours is written at the start of the
+        next batch (counter already moved): store it one lower, so the resumed run logs each step once."""
+        if getattr(self, "_saving", False) and trainer.state.fn == "fit":
+            loop = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict", {})
+            if "_batches_that_stepped" in loop:
+                loop["_batches_that_stepped"] -= 1
+
     def on_exception(self, trainer, pl_module, exception) -> None:
         """Lightning's own SIGTERM handling (DDP) stops at the start of a step: the state is whole, save it."""
         from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -157,7 +166,11 @@ class CheckpointOnSignal(Checkpoint):
             if isinstance(cb, ModelCheckpoint) and cb.save_last and cb.dirpath:
                 path = os.path.join(cb.dirpath, cb.CHECKPOINT_NAME_LAST + cb.FILE_EXTENSION)
                 cb.last_model_path = path  # its state in the checkpoint names this file (no last-v1.ckpt later)
-                trainer.save_checkpoint(path)
+                self._saving = True
+                try:
+                    trainer.save_checkpoint(path)
+                finally:
+                    self._saving = False
                 return path
         log.warning("no ModelCheckpoint with save_last: the requeued job will start from scratch")
         return None
