@@ -7,23 +7,29 @@ config goes into every checkpoint and next to the checkpoints (``checkpoints/con
 its own copy under ``.hydra/``. ``ckpt_path`` resumes a run exactly (weights, optimiser, LR schedule,
 EMA, global step); ``init_from`` initialises a new run from Zero123(-XL) or an official SyncDreamer checkpoint.
 
+On SLURM the run survives time limits and preemption: :class:`~.callbacks.CheckpointOnSignal` writes
+``last.ckpt`` on the warning signal and requeues the job; the requeued attempt (``SLURM_RESTART_COUNT`` > 0,
+same run folder) resumes from that ``last.ckpt`` (:func:`requeue_resume_path`) and keeps the CSV log's rows.
+
 Bad input is reported before training (and before the model is built where possible) as
 :class:`ConfigError` / :class:`~syncdreamer.data.dataset.DataError` with one clear message.
 """
 from __future__ import annotations
 
+import csv
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ConfigError", "check_config", "instantiate_callbacks", "instantiate_loggers", "train",
-           "load_model_from_checkpoint", "INIT_KINDS"]
+           "load_model_from_checkpoint", "requeue_resume_path", "INIT_KINDS"]
 
 #: ``init_from.kind`` -> function name in :mod:`syncdreamer.checkpoints`.
 INIT_KINDS = {"zero123": "init_from_zero123", "official": "load_official_checkpoint"}
@@ -115,6 +121,93 @@ def initialize_weights(model, init) -> None:
         ckpts.load_openai_clip(model, str(clip_path))
 
 
+def requeue_resume_path(cfg) -> str | None:
+    """The run's own ``last.ckpt`` when this is a requeued SLURM attempt (``SLURM_RESTART_COUNT`` > 0) without
+    an explicit ``ckpt_path``; None otherwise (also when the earlier attempt saved nothing yet)."""
+    if cfg.get("ckpt_path") or int(os.environ.get("SLURM_RESTART_COUNT") or 0) == 0:
+        return None
+    for sub in (cfg.get("callbacks") or {}).values():
+        if isinstance(sub, DictConfig) and str(sub.get("_target_", "")).endswith("ModelCheckpoint") \
+                and sub.get("save_last") and sub.get("dirpath"):
+            path = Path(str(sub.dirpath)) / "last.ckpt"
+            if path.is_file():
+                return str(path)
+    log.warning("SLURM requeued this job but its run folder holds no last.ckpt: training starts from step 0")
+    return None
+
+
+def keep_csv_rows_before(loggers, step: int) -> None:
+    """A resumed run appends to its CSV logs: Lightning's CSVLogger deletes ``metrics.csv`` when it starts, so
+    the rows of the steps before ``step`` (the resumed global step) are written back first."""
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.utilities import rank_zero_only
+
+    for lg in loggers if rank_zero_only.rank == 0 else []:
+        if not isinstance(lg, CSVLogger):
+            continue
+        path = Path(lg.log_dir) / "metrics.csv"
+        if not path.is_file():
+            continue
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            header, rows = list(reader.fieldnames or []), [r for r in reader if int(float(r["step"])) < step]
+        writer = lg.experiment  # (deletes the file)
+        with path.open("w", newline="") as f:
+            out = csv.DictWriter(f, fieldnames=header)
+            out.writeheader()
+            out.writerows(rows)
+        writer.metrics_keys = header
+
+
+def _install_signal_checkpoint() -> list:
+    """Under SLURM: the callback that checkpoints and requeues on the warning signal (installed now, before
+    Lightning sets its own SLURM handlers)."""
+    if not os.environ.get("SLURM_JOB_ID"):
+        return []
+    from .callbacks import CheckpointOnSignal
+
+    return [CheckpointOnSignal().install()]
+
+
+def _with_requeue_resume(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with ``ckpt_path`` = the run's ``last.ckpt`` on a requeued SLURM attempt (else ``cfg`` itself)."""
+    resume = requeue_resume_path(cfg)
+    if not resume:
+        return cfg
+    attempt = os.environ["SLURM_RESTART_COUNT"]
+    log.info("SLURM requeued this job (restart %s): resuming from %s", attempt, resume)
+    print(f"requeued attempt {attempt}: resuming from {resume}", flush=True)
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.ckpt_path = resume
+    return cfg
+
+
+def _build_model(cfg: DictConfig, datamodule):
+    """The model with its starting weights: ``init_from`` / the VAE warm-up for a new run; for a resumed run the
+    checkpoint's weights (so that a latent cache is keyed and built with the trained VAE, as before)."""
+    from hydra.utils import instantiate
+
+    model = instantiate(cfg.model)
+    if cfg.get("ckpt_path"):
+        state = torch.load(str(cfg.ckpt_path), map_location="cpu", mmap=True, weights_only=True)["state_dict"]
+        model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
+        return model
+    if OmegaConf.select(cfg, "init_from.path"):
+        initialize_weights(model, cfg.init_from)
+    warm = OmegaConf.select(cfg, "vae_warmup")
+    if OmegaConf.select(cfg, "init_from.path") and warm is not None and int(warm.get("steps", 0)) > 0:
+        log.info("vae_warmup skipped: the VAE comes from init_from.path")
+    elif warm is not None and int(warm.get("steps", 0)) > 0:
+        from .vae_warmup import warmup_vae
+
+        uids = datamodule.prepare_renders()
+        warmup_vae(model, datamodule.root, uids, int(cfg.model.image_size), int(cfg.model.view_num),
+                   steps=int(warm.steps), lr=float(warm.lr), batch_size=int(warm.batch_size),
+                   kl_weight=float(warm.kl_weight), seed=int(cfg.get("seed") or 0))
+    return model
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job; returns the final callback metrics (floats) and the run's paths."""
     from hydra.utils import instantiate
@@ -122,24 +215,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from .callbacks import ConfigInCheckpoint
 
     check_config(cfg)
+    cfg = _with_requeue_resume(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True)
     datamodule = instantiate(cfg.data)
     if hasattr(datamodule, "check"):
         datamodule.check()
-    model = instantiate(cfg.model)
-    if OmegaConf.select(cfg, "init_from.path") and not cfg.get("ckpt_path"):
-        initialize_weights(model, cfg.init_from)
-    warm = OmegaConf.select(cfg, "vae_warmup")
-    if OmegaConf.select(cfg, "init_from.path") and warm is not None and int(warm.get("steps", 0)) > 0:
-        log.info("vae_warmup skipped: the VAE comes from init_from.path")
-    elif warm is not None and int(warm.get("steps", 0)) > 0 and not cfg.get("ckpt_path"):
-        from .vae_warmup import warmup_vae
-
-        uids = datamodule.prepare_renders()
-        warmup_vae(model, datamodule.root, uids, int(cfg.model.image_size), int(cfg.model.view_num),
-                   steps=int(warm.steps), lr=float(warm.lr), batch_size=int(warm.batch_size),
-                   kl_weight=float(warm.kl_weight), seed=int(cfg.get("seed") or 0))
+    model = _build_model(cfg, datamodule)
     system = instantiate(cfg.system, model=model)
     if getattr(datamodule, "latent_cache", None) is not None:
         datamodule.attach_encoder(model)
@@ -150,13 +232,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         from lightning.pytorch.callbacks import LearningRateMonitor
 
         callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
+    if cfg.get("ckpt_path"):
+        step = torch.load(str(cfg.ckpt_path), map_location="cpu", mmap=True, weights_only=True)["global_step"]
+        keep_csv_rows_before(loggers, int(step))
     for lg in loggers:
         if hasattr(lg, "log_hyperparams"):
             lg.log_hyperparams(resolved)
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    signal_checkpoint = _install_signal_checkpoint()
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks + signal_checkpoint, logger=loggers or False)
     if cfg.get("float32_matmul_precision"):
         torch.set_float32_matmul_precision(str(cfg.float32_matmul_precision))
-    trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    try:
+        trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    finally:
+        for cb in signal_checkpoint:
+            cb.uninstall()
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     metrics["global_step"] = trainer.global_step
     metrics["output_dir"] = str(trainer.default_root_dir)
