@@ -82,8 +82,8 @@ class SyncDreamerDataModule(L.LightningDataModule):
 
     Args:
         root: render folder (``target/``, ``input/``).
-        train_list / val_list: uid lists (.txt / .pkl, absolute or relative to ``root``); ``train_list=None``
-            = every object under ``root/target`` except the ``val_list`` ones.
+        train_list / val_list: uid lists (.txt / .pkl, absolute or relative to ``root``); ``val_list=None`` =
+            the manifest's ``val`` split; ``train_list=None`` = every usable object except the validation ones.
         validation_dir: folder of RGBA ``<name>-<elev>.png`` validation inputs (official ``validation_set``).
         val_source: ``auto`` (folder if given, else held-out objects if ``val_list``, else none), ``folder``,
             ``objects`` or ``none``.
@@ -181,9 +181,10 @@ class SyncDreamerDataModule(L.LightningDataModule):
                             "`python data_prep/render.py input=<meshes> output_dir=<dir>` or set data.root")
         table = self._manifest_table()
         usable, other = usable_uids(table)
-        val = resolve_uids(self.root, self.val_list, usable) if self.val_list else []
+        manifest_val = usable_uids(table, "val")[0]
+        val = resolve_uids(self.root, self.val_list, usable) if self.val_list else manifest_val
         train = resolve_uids(self.root, self.train_list, usable)
-        if self.train_list is None and val:
+        if self.train_list is None and val:  # every usable object except the held-out ones
             held = set(val)
             train = [u for u in train if u not in held]
         keep = set(usable)

@@ -9,8 +9,8 @@ Each tar member group is one object (key = uid), either
 
 ``shards.json``: ``{"kind", "split", "view_num", "image_size", "objects_per_shard", "shards": [{"name",
 "count", "first_uid"}]}``; it is a pure function of the manifest and the settings, so every packing task of a
-SLURM array writes the same one. Shard ``j`` holds the uids ``[j * k, (j + 1) * k)`` of the split's uids in
-manifest order; a task packs the shards ``task, task + num_tasks, ...`` that do not exist yet (atomic
+SLURM array writes the same one. The split's uids (manifest order) are cut into ``ceil(n / k)`` consecutive
+shards of (almost) equal size; a task packs the shards ``task, task + num_tasks, ...`` that do not exist yet (atomic
 rename), so an interrupted array resumes where it stopped.
 
 :class:`ShardStream` splits whole shards across DDP ranks and then dataloader workers (disjoint: no
@@ -38,7 +38,7 @@ from .dataset import DataError, draw_input_index, object_item, target_order
 log = logging.getLogger(__name__)
 
 __all__ = ["SHARD_INDEX", "KINDS", "plan_shards", "shard_name", "object_sample", "write_shard_index",
-           "pack_shards", "read_shard_index", "assign_shards", "ShardStream", "ShardLoader"]
+           "pack_shards", "read_shard_index", "assign_shards", "worker_cap", "ShardStream", "ShardLoader"]
 
 SHARD_INDEX = "shards.json"
 KINDS = ("images", "latents")
@@ -50,10 +50,13 @@ def shard_name(split: str, j: int) -> str:
 
 
 def plan_shards(uids: Sequence[str], objects_per_shard: int) -> list[list[str]]:
-    """Consecutive chunks of ``objects_per_shard`` uids (the last may be shorter)."""
+    """``ceil(n / objects_per_shard)`` consecutive chunks of the uids whose sizes differ by at most one (so
+    no rank or worker is held back by a short last shard)."""
     if objects_per_shard < 1:
         raise DataError(f"objects_per_shard must be >= 1, got {objects_per_shard}")
-    return [list(uids[i:i + objects_per_shard]) for i in range(0, len(uids), objects_per_shard)]
+    n = len(uids)
+    bounds = np.linspace(0, n, -(-n // objects_per_shard) + 1).round().astype(int)
+    return [list(uids[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def object_sample(root, uid: str, view_num: int, kind: str = "images", cache_dir=None) -> dict:
@@ -143,14 +146,20 @@ def assign_shards(counts: Sequence[int], rank: int, world_size: int, workers: in
     """Shard ids per worker of ``rank`` and the per-worker sample cap.
 
     The shard order is a permutation seeded by ``(seed, epoch)`` (identity without ``shuffle``); rank ``r``
-    takes positions ``r, r + W, ...`` and its worker ``w`` every ``workers``-th of those. The cap is the
-    smallest (rank, worker) sample count, so every rank yields the same number of samples.
+    takes positions ``r, r + W, ...`` and its worker ``w`` every ``workers``-th of those. Also returns the
+    smallest (rank, worker) sample count of this order (:func:`worker_cap` bounds it for every order).
     """
     order = np.random.default_rng([seed, epoch]).permutation(len(counts)) if shuffle else np.arange(len(counts))
     workers = max(1, workers)
     per = {(r, w): [int(j) for j in order[r::world_size][w::workers]] for r in range(world_size) for w in range(workers)}
     cap = min(sum(counts[j] for j in ids) for ids in per.values())
     return [per[(rank, w)] for w in range(workers)], cap
+
+
+def worker_cap(counts: Sequence[int], slots: int) -> int:
+    """Samples every one of ``slots`` (rank, worker) pairs is sure to have in any epoch's shard order: the
+    sum of the ``len(counts) // slots`` smallest shards (every slot gets at least that many shards)."""
+    return int(sum(sorted(counts)[: len(counts) // slots]))
 
 
 class ShardStream(IterableDataset):
@@ -181,7 +190,7 @@ class ShardStream(IterableDataset):
         if len(counts) < self.world_size * self.num_workers:
             raise DataError(f"{len(counts)} shards < {self.world_size} ranks x {self.num_workers} workers: "
                             "repack with a smaller objects_per_shard")
-        _, cap = assign_shards(counts, 0, self.world_size, self.num_workers, 0, self.seed, self.shuffle)
+        cap = worker_cap(counts, self.world_size * self.num_workers)
         self.per_worker = cap - cap % self.batch_size
         if self.per_worker < self.batch_size:
             raise DataError(f"each of {self.world_size * self.num_workers} loader workers gets {cap} objects "
