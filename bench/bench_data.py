@@ -60,11 +60,11 @@ import resource, sys, time
 sys.path.insert(0, {src!r})
 t_imp = time.perf_counter()
 from syncdreamer.data.manifest import read_manifest, usable_uids
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 table = read_manifest({root!r}, columns=["uid", "split", "status", "reason"])
 uids, other = usable_uids(table)
 train = usable_uids(table, "train")[0]
-print(time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, len(uids), len(train),
+print(time.perf_counter() - t0, time.process_time() - c0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, len(uids), len(train),
       t0 - t_imp)
 """
 
@@ -73,8 +73,8 @@ def bench_index(root: Path) -> dict:
     """Read the manifest and select usable / training uids in a fresh interpreter: seconds and peak RSS."""
     out = subprocess.run([sys.executable, "-c", _INDEX_CHILD.format(src=str(REPO / "src"), root=str(root))],
                          capture_output=True, text=True, check=True).stdout.split()
-    return {"seconds": float(out[0]), "rss_mb": float(out[1]), "usable": int(out[2]), "train": int(out[3]),
-            "import_s": float(out[4])}
+    return {"seconds": float(out[0]), "cpu_s": float(out[1]), "rss_mb": float(out[2]), "usable": int(out[3]),
+            "train": int(out[4]), "import_s": float(out[5])}
 
 
 def synthetic_shard_index(shard_dir: Path, n_train: int, per_shard: int) -> None:
@@ -93,11 +93,11 @@ def bench_setup(root: Path, ranks: int, fmt: str) -> dict:
 
     from syncdreamer.data.datamodule import SyncDreamerDataModule
 
-    times, shares = [], []
+    times, cpus, shares = [], [], []
     for rank in range(ranks):
         dm = SyncDreamerDataModule(root, view_num=16, image_size=256, batch_size=BATCH, num_workers=2,
                                    format=fmt, shards=str(root / "shards"), seed=0)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         dm.setup("fit", rank=rank, world_size=ranks)
         if fmt == "folders":
             share = list(DistributedSampler(dm.train_set, num_replicas=ranks, rank=rank, shuffle=True, seed=0))
@@ -109,13 +109,14 @@ def bench_setup(root: Path, ranks: int, fmt: str) -> dict:
                                                     _worker_shards(stream, w)])[: stream.per_worker]
                                     for w in range(stream.num_workers)])
         times.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
         shares.append(share)
     n_train = len(dm.train_uids)
     flat = np.concatenate([np.asarray(s, np.int64) for s in shares])
     pad = len(flat) - n_train if fmt == "folders" else 0  # DistributedSampler repeats a few to even out ranks
     disjoint = len(np.unique(flat)) == len(flat) - pad
     covered = len(np.unique(flat)) / (n_train if fmt == "folders" else int(np.sum(counts)))
-    return {"format": fmt, "median_s": float(np.median(times)), "max_s": float(np.max(times)), "train": n_train,
+    return {"format": fmt, "median_s": float(np.median(times)), "median_cpu_s": float(np.median(cpus)), "max_s": float(np.max(times)), "train": n_train,
             "share": sorted({len(s) for s in shares}), "disjoint": disjoint, "covered": covered, "pad": pad}
 
 
@@ -167,24 +168,34 @@ def small_real_set(root: Path, n: int, size: int) -> list[str]:
     return train
 
 
-def loader_rate(root: Path, fmt: str, size: int, batches: int, batch_size: int, workers: int) -> float:
-    """Samples/s of the training loader (first batch excluded: worker start-up)."""
+def _datamodule(root: Path, fmt: str, size: int, batch_size: int, workers: int):
     from syncdreamer.data.datamodule import SyncDreamerDataModule
 
     dm = SyncDreamerDataModule(root, view_num=16, image_size=size, batch_size=batch_size, num_workers=workers,
                                pin_memory=False, format="shards" if fmt == "shards" else "folders",
                                latent_cache=str(root / "latents") if fmt == "latent cache" else None)
     dm.setup("fit")
+    return dm
+
+
+def _take(dm, batches: int, clock) -> float:
+    """Samples per ``clock`` second over ``batches`` batches after the first (worker start-up)."""
     n, t0 = 0, None
-    while n < batches:
-        for batch in dm.train_dataloader():
+    while True:
+        for _ in dm.train_dataloader():
             if t0 is None:
-                t0 = time.perf_counter()
+                t0 = clock()
                 continue
             n += 1
             if n >= batches:
-                break
-    return n * batch_size / (time.perf_counter() - t0)
+                return n * dm.batch_size / (clock() - t0)
+
+
+def loader_rate(root: Path, fmt: str, size: int, batches: int, batch_size: int, workers: int) -> tuple[float, float]:
+    """(samples / wall second with ``workers`` workers, samples / CPU second of one in-process loader)."""
+    wall = _take(_datamodule(root, fmt, size, batch_size, workers), batches, time.perf_counter)
+    cpu = _take(_datamodule(root, fmt, size, batch_size, 0), batches, time.process_time)
+    return wall, cpu
 
 
 def main(argv=None) -> None:
@@ -213,24 +224,27 @@ def main(argv=None) -> None:
                 rates[(fmt, size)] = loader_rate(small, fmt, size, args.batches, args.batch_size, args.workers)
     print(f"**Manifest index** ({args.objects} objects, synthetic manifest written in {made:.1f} s; "
           "read + select in a fresh process)\n")
-    print("| objects | usable | train split | read + select s | peak RSS | import s |\n|---|---|---|---|---|---|")
-    print(f"| {args.objects} | {idx['usable']} | {idx['train']} | {idx['seconds']:.2f} | {idx['rss_mb']:.0f} MB | "
-          f"{idx['import_s']:.1f} |\n")
+    print("| objects | usable | train split | read + select: wall s | CPU s | peak RSS | import s |\n"
+          "|---|---|---|---|---|---|---|")
+    print(f"| {args.objects} | {idx['usable']} | {idx['train']} | {idx['seconds']:.2f} | {idx['cpu_s']:.2f} | "
+          f"{idx['rss_mb']:.0f} MB | {idx['import_s']:.1f} |\n")
     print(f"**setup() on {args.ranks} simulated ranks** (manifest only, no object file touched)\n")
-    print("| format | train objects | per-rank share | disjoint | covered | median s / rank | max s |\n|---|---|---|---|---|---|---|")
+    print("| format | train objects | per-rank share | disjoint | covered | median wall s / rank | median CPU s | max wall s |\n"
+          "|---|---|---|---|---|---|---|---|")
     for s in setups:
         disjoint = f"{s['disjoint']}" + (f" (+{s['pad']} sampler padding)" if s["pad"] else "")
         print(f"| {s['format']} | {s['train']} | {'/'.join(map(str, s['share']))} | {disjoint} | "
-              f"{100 * s['covered']:.2f} % | {s['median_s']:.2f} | {s['max_s']:.2f} |")
+              f"{100 * s['covered']:.2f} % | {s['median_s']:.2f} | {s['median_cpu_s']:.2f} | {s['max_s']:.2f} |")
     need = GPUS * BATCH / DOCUMENTED_STEP_S
     print(f"\n**Loader samples/s** ({args.workers} workers, batch {args.batch_size}, {args.loader_objects} objects, "
           f"{args.batches} batches after the first; needed: {GPUS} GPUs x batch {BATCH} / {DOCUMENTED_STEP_S:.2f} s "
           f"per step (official 4-5 days for ~80k steps) = {need:.1f} samples/s in total, {need / GPUS:.1f} per GPU "
           "loader)\n")
-    print("| source | 64 px | 256 px | 256 px vs one GPU's need |\n|---|---|---|---|")
+    print("| source | 64 px samples/s | 256 px samples/s | 64 px samples / CPU s | 256 px samples / CPU s | "
+          "CPU cores per GPU at 256 px |\n|---|---|---|---|---|---|")
     for fmt in ("folders", "shards", "latent cache"):
-        r64, r256 = rates[(fmt, 64)], rates[(fmt, 256)]
-        print(f"| {fmt} | {r64:.1f} | {r256:.1f} | {r256 / (need / GPUS):.1f}x |")
+        (w64, c64), (w256, c256) = rates[(fmt, 64)], rates[(fmt, 256)]
+        print(f"| {fmt} | {w64:.1f} | {w256:.1f} | {c64:.1f} | {c256:.1f} | {need / GPUS / c256:.2f} |")
     json.dump({"index": idx, "setup": setups, "rates": {f"{k[0]}@{k[1]}": v for k, v in rates.items()}},
               sys.stderr)
     print(file=sys.stderr)

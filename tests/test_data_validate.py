@@ -1,6 +1,5 @@
 """Render driver (with the CPU rasteriser) and data-set validation on synthetic data (no Blender)."""
 import json
-import pickle
 import shutil
 from pathlib import Path
 
