@@ -19,7 +19,6 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def find_mesh(gso: Path, name: str):
@@ -71,8 +70,9 @@ def main(argv=None):
     if args.no_render:
         return 0
     from syncdreamer.data.render_driver import run_render
+    from syncdreamer.data.resources import render_config_path
 
-    cfg = OmegaConf.load(ROOT / "conf" / "render.yaml")
+    cfg = OmegaConf.load(render_config_path())
     cfg.pop("hydra", None)  # only meaningful under Hydra (uses ${now:...})
     cfg.merge_with({"input": str(args.out / "meshes"), "output_dir": str(args.out), "preset": args.render_preset,
                     "workers": args.workers, "renderer": args.renderer})

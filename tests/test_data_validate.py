@@ -1,6 +1,5 @@
 """Render driver (with the CPU rasteriser) and data-set validation on synthetic data (no Blender)."""
 import json
-import pickle
 import shutil
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from PIL import Image
 
 from syncdreamer.cameras import make_rig
 from syncdreamer.data import layout, procedural
+from syncdreamer.data.manifest import read_manifest
 from syncdreamer.data.render_driver import RenderError, discover_meshes, make_rigs, run_render, select_shard
 from syncdreamer.data.validate import ValidationConfig, split_uids, validate_dataset, validate_object
 
@@ -131,9 +131,16 @@ def test_structural_failures(cpu_set, tmp_path):
     assert any("002.png touches the image border" in e for e in errs)
     assert any("009.png is empty" in e for e in errs)
     (layout.meta_path(out, "target", "box_001")).unlink()
+    (layout.meta_path(out, "target", "box_001")).with_suffix(".json").unlink()
     assert any("meta.pkl not found" in e for e in validate_object(out, "box_001", cfg).errors)
     s = validate_dataset(out, cfg, meshes=meshes, out_dir=tmp_path / "rep", **QUIET)
     assert s["valid"] == 0 and layout.read_uid_list(tmp_path / "rep" / "train_uids.pkl") == []
+    # the manifest keeps every object with its status and reason (none dropped)
+    rows = {r["uid"]: r for r in read_manifest(tmp_path / "rep").to_pylist()}
+    assert set(rows) == set(layout.list_uids(out))
+    assert rows["toy_000"]["status"] == "incomplete" and "007.png" in rows["toy_000"]["reason"]
+    assert rows["box_001"]["status"] == "invalid" and "meta.pkl not found" in rows["box_001"]["reason"]
+    assert all(r["split"] is None for r in rows.values())
 
 
 def test_split_uids():

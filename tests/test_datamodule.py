@@ -13,6 +13,7 @@ from PIL import Image
 from syncdreamer import cameras
 from syncdreamer.data import layout
 from syncdreamer.data.datamodule import SyncDreamerDataModule
+from syncdreamer.data.manifest import read_manifest
 from syncdreamer.data.dataset import (DataError, RenderedObjectsDataset, ValidationImageFolder,
                                       parse_validation_name)
 
@@ -124,10 +125,15 @@ def test_all_objects_minus_validation_when_no_train_list(renders):
 def test_incomplete_objects_are_skipped(renders):
     root, uids = renders
     layout.view_path(root, "target", uids[0], 5).unlink()
-    (layout.meta_path(root, "input", uids[1])).unlink()
+    layout.meta_path(root, "input", uids[1]).unlink()
+    layout.meta_path(root, "input", uids[1]).with_suffix(".json").unlink()
     dm = SyncDreamerDataModule(root, image_size=32, batch_size=1, num_workers=0)
-    dm.setup("fit")
+    dm.setup("fit")  # no manifest yet: rank 0 indexes the folder once
     assert dm.train_uids == [uids[2]]
+    rows = {r["uid"]: r for r in read_manifest(root).to_pylist()}
+    assert rows[uids[0]]["status"] == "incomplete" and "target: 1 of 16 views missing (e.g. 005.png)" in rows[uids[0]]["reason"]
+    assert rows[uids[1]]["status"] == "incomplete" and "input: meta.pkl missing" in rows[uids[1]]["reason"]
+    assert rows[uids[2]]["status"] == "complete" and rows[uids[2]]["image_size"] == 32 and rows[uids[2]]["views"] == 16
 
 
 def test_missing_folder_is_one_clear_error(tmp_path):

@@ -16,7 +16,6 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -24,27 +23,44 @@ from . import layout
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RenderedObjectsDataset", "ValidationImageFolder", "valid_objects", "resolve_uids",
-           "parse_validation_name", "DataError"]
+__all__ = ["RenderedObjectsDataset", "ValidationImageFolder", "resolve_uids",
+           "parse_validation_name", "DataError", "target_order", "draw_input_index", "object_item"]
 
 
 class DataError(ValueError):
     """The data set cannot be used (missing folder, no valid object, bad uid list, bad validation images)."""
 
 
-def object_is_complete(root, uid: str, view_num: int) -> bool:
-    """True when ``target/<uid>`` has views ``0..N-1`` and ``input/<uid>`` has views ``0..N-1`` and meta.pkl."""
-    tdir, idir = layout.object_dir(root, "target", uid), layout.object_dir(root, "input", uid)
-    if not (idir / "meta.pkl").is_file():
-        return False
-    return all((tdir / layout.view_name(i)).is_file() and (idir / layout.view_name(i)).is_file()
-               for i in range(view_num))
+def target_order(s: int, view_num: int) -> list[int]:
+    """Target read order for input index ``s`` (the one home of the rotation): ``[(s + i) mod N]``, so target
+    slot 0 has the input's azimuth (official ``SyncDreamerTrainData``)."""
+    return [(int(s) + i) % view_num for i in range(view_num)]
 
 
-def resolve_uids(root, uid_list=None) -> list[str]:
-    """The uids to use: ``uid_list`` (a path to a .pkl/.txt list, or a list) or every folder under ``root/target``."""
+def draw_input_index(view_num: int, fixed: int | None = None) -> int:
+    """The input view of an item: ``fixed`` if given, else uniform over ``0..N-1`` (torch's RNG, so
+    ``seed_everything(workers=True)`` makes it reproducible)."""
+    return int(fixed) if fixed is not None else int(torch.randint(view_num, ()).item())
+
+
+def object_item(uid: str, s: int, view_num: int, image_size: int, read_rgba, elevations) -> dict:
+    """One training item from a view reader ``read_rgba(rig, i) -> RGBA uint8`` and the input elevations
+    (radians): ``target_image`` (N, 3, S, S) in :func:`target_order`, ``input_image`` (3, S, S),
+    ``input_elevation``, ``input_index``, ``uid``. Folders and shards both build items here."""
+    if len(elevations) < view_num:
+        raise DataError(f"{uid}: input meta has {len(elevations)} views, need {view_num}")
+    targets = torch.stack([layout.rgba_to_tensor(read_rgba("target", i), image_size)
+                           for i in target_order(s, view_num)])
+    return {"target_image": targets, "input_image": layout.rgba_to_tensor(read_rgba("input", s), image_size),
+            "input_elevation": torch.tensor(float(elevations[s]), dtype=torch.float32),
+            "input_index": torch.tensor(s, dtype=torch.long), "uid": uid}
+
+
+def resolve_uids(root, uid_list=None, all_uids: Sequence[str] | None = None) -> list[str]:
+    """The uids to use: ``uid_list`` (a path to a .pkl/.txt list, or a list) or else ``all_uids`` (the
+    manifest's usable uids; None = every folder under ``root/target``)."""
     if uid_list is None:
-        return layout.list_uids(root, "target")
+        return list(all_uids) if all_uids is not None else layout.list_uids(root, "target")
     if isinstance(uid_list, (str, Path)):
         path = Path(uid_list)
         if not path.is_absolute() and not path.is_file():
@@ -52,25 +68,11 @@ def resolve_uids(root, uid_list=None) -> list[str]:
         if not path.is_file():
             raise DataError(f"uid list {str(uid_list)!r} not found (looked at {path}); write one with "
                             "data_prep/validate.py or leave it null to use every object under <root>/target")
-        return layout.read_uid_list(path)
+        try:
+            return layout.read_uid_list(path)
+        except ValueError as exc:  # includes MetaError: an unsafe or corrupt .pkl list
+            raise DataError(str(exc)) from None
     return [str(u) for u in uid_list]
-
-
-def valid_objects(root, uids: Sequence[str], view_num: int, what: str = "training") -> list[str]:
-    """Keep the uids whose target and input rigs are complete; raise :class:`DataError` when none is left."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{what} data folder {str(root)!r} does not exist; render objects into it with "
-                        "`python data_prep/render.py input=<meshes> output_dir=<dir>` or set data.root")
-    good = [u for u in uids if object_is_complete(root, u, view_num)]
-    if len(good) < len(uids):
-        bad = [u for u in uids if u not in set(good)]
-        log.warning("%d of %d %s objects under %s are incomplete and skipped (e.g. %s)", len(bad), len(uids),
-                    what, root, bad[:3])
-    if not good:
-        raise DataError(f"no valid {what} object under {root}: need target/<uid>/000..{view_num - 1:03d}.png and "
-                        f"input/<uid>/000..{view_num - 1:03d}.png + meta.pkl ({len(uids)} uid(s) listed)")
-    return good
 
 
 class RenderedObjectsDataset(Dataset):
@@ -78,7 +80,7 @@ class RenderedObjectsDataset(Dataset):
 
     Args:
         root: data folder holding ``target/`` and ``input/``.
-        uids: object ids (already validated with :func:`valid_objects`).
+        uids: object ids (usable in the manifest, :mod:`syncdreamer.data.manifest`).
         view_num: N target views.
         image_size: output size S (images are resized bicubically when the renders differ).
         input_index: ``None`` = a random input view per item (training); an int = always that view
@@ -95,22 +97,13 @@ class RenderedObjectsDataset(Dataset):
     def __len__(self) -> int:
         return len(self.uids)
 
-    def rotation(self, s: int) -> list[int]:
-        """Target read order for input index ``s``: ``[(s + i) mod N for i in 0..N-1]``."""
-        return [(s + i) % self.view_num for i in range(self.view_num)]
-
     def __getitem__(self, index: int) -> dict:
         uid = self.uids[index]
-        s = self.input_index if self.input_index is not None else int(torch.randint(self.view_num, ()).item())
-        targets = torch.stack([layout.read_view_tensor(layout.view_path(self.root, "target", uid, i),
-                                                       self.image_size) for i in self.rotation(s)])
-        inp = layout.read_view_tensor(layout.view_path(self.root, "input", uid, s), self.image_size)
+        s = draw_input_index(self.view_num, self.input_index)
         meta = layout.read_meta(layout.meta_path(self.root, "input", uid))
-        if len(meta["elevations"]) < self.view_num:
-            raise DataError(f"{uid}: input meta.pkl has {len(meta['elevations'])} views, need {self.view_num}")
-        return {"target_image": targets, "input_image": inp,
-                "input_elevation": torch.tensor(float(meta["elevations"][s]), dtype=torch.float32),
-                "input_index": torch.tensor(s, dtype=torch.long), "uid": uid}
+        return object_item(uid, s, self.view_num, self.image_size,
+                           lambda rig, i: layout.read_view_rgba(layout.view_path(self.root, rig, uid, i)),
+                           meta["elevations"])
 
 
 _NAME = re.compile(r"^(?P<name>.+?)-(?P<elev>[+-]?\d+(?:\.\d+)?)$")
@@ -150,9 +143,3 @@ class ValidationImageFolder(Dataset):
         return {"input_image": layout.read_view_tensor(path, self.image_size),
                 "input_elevation": torch.tensor(math.radians(elev), dtype=torch.float32), "uid": name}
 
-
-def rotate_views(x: np.ndarray | torch.Tensor, s: int):
-    """Views of ``x`` (N, ...) in the order ``s, s+1, ..., s+N-1 (mod N)``."""
-    n = x.shape[0]
-    idx = [(s + i) % n for i in range(n)]
-    return x[idx]

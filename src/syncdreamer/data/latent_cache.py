@@ -28,11 +28,12 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
 from . import layout
-from .dataset import DataError
+from .dataset import DataError, draw_input_index, target_order
 
 log = logging.getLogger(__name__)
 
-__all__ = ["encoder_fingerprint", "cache_key", "build_latent_cache", "check_latent_cache", "LatentCacheDataset", "CACHE_META"]
+__all__ = ["encoder_fingerprint", "cache_key", "build_latent_cache", "check_latent_cache", "LatentCacheDataset", "CACHE_META",
+           "cached_uids"]
 
 CACHE_META = "cache_meta.json"
 _KEYS = ("target_mean", "target_std", "input_mean", "input_std", "input_clip", "input_elevations")
@@ -105,7 +106,8 @@ def build_latent_cache(model, root, uids: Sequence[str], cache_dir, view_num: in
     (cache_dir / CACHE_META).write_text(json.dumps(expected, indent=1))
     if device is None:
         device = next(model.first_stage_model.parameters()).device
-    todo = [u for u in uids if not (cache_dir / f"{u}.safetensors").is_file()]
+    have = cached_uids(cache_dir)
+    todo = [u for u in uids if u not in have]
     was_training = model.training
     model.eval()
     for k, uid in enumerate(todo):
@@ -119,12 +121,23 @@ def build_latent_cache(model, root, uids: Sequence[str], cache_dir, view_num: in
     return {"encoded": len(todo), "cached": len(uids) - len(todo)}
 
 
+def cached_uids(cache_dir) -> set[str]:
+    """Uids with a finished cache file, from one directory listing (no per-object stat)."""
+    try:
+        with os.scandir(cache_dir) as it:
+            return {e.name[: -len(".safetensors")] for e in it
+                    if e.name.endswith(".safetensors") and not e.name.startswith(".")}
+    except FileNotFoundError:
+        return set()
+
+
 class LatentCacheDataset(Dataset):
     """Training items from the latent cache (random input index, rotated targets; see module docstring)."""
 
     def __init__(self, cache_dir, uids: Sequence[str], view_num: int = 16, input_index: int | None = None):
         self.cache_dir, self.uids, self.view_num, self.input_index = Path(cache_dir), list(uids), view_num, input_index
-        missing = [u for u in self.uids if not (self.cache_dir / f"{u}.safetensors").is_file()]
+        have = cached_uids(self.cache_dir)
+        missing = [u for u in self.uids if u not in have]
         if missing:
             raise DataError(f"latent cache {cache_dir} misses {len(missing)} object(s) (e.g. {missing[:3]}); "
                             "it is built by the data module's prepare_data (data.build_latent_cache=true)")
@@ -136,8 +149,8 @@ class LatentCacheDataset(Dataset):
         uid = self.uids[index]
         t = load_file(str(self.cache_dir / f"{uid}.safetensors"))
         n = self.view_num
-        s = self.input_index if self.input_index is not None else int(torch.randint(n, ()).item())
-        rot = [(s + i) % n for i in range(n)]
+        s = draw_input_index(n, self.input_index)
+        rot = target_order(s, n)
         return {"target_latent_mean": t["target_mean"][rot], "target_latent_std": t["target_std"][rot],
                 "input_latent_mean": t["input_mean"][s], "input_latent_std": t["input_std"][s],
                 "clip_embed": t["input_clip"][s], "input_elevation": t["input_elevations"][s].clone(),

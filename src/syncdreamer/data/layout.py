@@ -5,6 +5,7 @@
     <root>/target/<uid>/000.png ... 015.png        RGBA, fixed rig (elevation 30 deg, azimuth i*22.5 deg)
     <root>/target/<uid>/000_depth.png ...          16-bit depth per view (see read_depth)
     <root>/target/<uid>/meta.pkl                   [K, azimuths, elevations, distances, poses] of that rig
+    <root>/target/<uid>/meta.json                  the same as JSON (our renders; read instead of the pickle)
     <root>/target/<uid>/render.json                how it was rendered (Blender, settings, normalisation)
     <root>/input/<uid>/...                         the same for the random-elevation input rig
     <root>/failures.jsonl                          objects that could not be rendered, with the reason
@@ -18,11 +19,11 @@ stored as a 16-bit grey PNG with the official encoding ``depth = v / 65535 * (fa
 """
 from __future__ import annotations
 
-import os
-import pickle
 from pathlib import Path
 
 import numpy as np
+
+from .meta import META_KEYS, read_meta, read_uid_list, write_meta, write_uid_list  # re-exported
 
 __all__ = [
     "RIGS",
@@ -56,7 +57,6 @@ RIGS = ("target", "input")
 #: Depth encoding range (scene units), the official values.
 DEPTH_NEAR = 0.6
 DEPTH_FAR = 2.4
-META_KEYS = ("K", "azimuths", "elevations", "distances", "poses")
 
 
 def view_name(i: int) -> str:
@@ -160,44 +160,6 @@ def read_view_tensor(path, image_size: int | None = None):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# meta.pkl
-# ----------------------------------------------------------------------------------------------------------
-def read_meta(path) -> dict:
-    """``meta.pkl`` -> dict with float64 numpy arrays ``K`` (3,3), ``azimuths``, ``elevations``,
-    ``distances`` (N,) in radians / scene units, ``poses`` (N,3,4) world-to-camera OpenCV."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: meta.pkl not found (render the object or check the path)")
-    with open(path, "rb") as f:
-        meta = pickle.load(f)
-    if not isinstance(meta, (list, tuple)) or len(meta) != 5:
-        raise ValueError(f"{path}: expected the official list [K, azimuths, elevations, distances, poses]")
-    out = {k: np.asarray(v, np.float64) for k, v in zip(META_KEYS, meta)}
-    n = len(out["poses"])
-    if out["K"].shape != (3, 3) or out["poses"].shape != (n, 3, 4) or any(
-        out[k].shape != (n,) for k in ("azimuths", "elevations", "distances")
-    ):
-        raise ValueError(f"{path}: inconsistent shapes {[out[k].shape for k in META_KEYS]}")
-    return out
-
-
-def write_meta(path, meta) -> Path:
-    """Write ``meta.pkl`` atomically from a :class:`syncdreamer.cameras.Rig`, the official list or a dict."""
-    if hasattr(meta, "to_meta"):
-        meta = meta.to_meta()
-    elif isinstance(meta, dict):
-        meta = [meta[k] for k in META_KEYS]
-    meta = [np.asarray(v, np.float32) for v in meta]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        pickle.dump(meta, f)
-    os.replace(tmp, path)
-    return path
-
-
-# ----------------------------------------------------------------------------------------------------------
 # depth
 # ----------------------------------------------------------------------------------------------------------
 def encode_depth(depth, near: float = DEPTH_NEAR, far: float = DEPTH_FAR) -> np.ndarray:
@@ -251,40 +213,8 @@ def write_depth(path, depth, near: float = DEPTH_NEAR, far: float = DEPTH_FAR) -
 
 
 # ----------------------------------------------------------------------------------------------------------
-# uid lists and logs
+# logs
 # ----------------------------------------------------------------------------------------------------------
-def write_uid_list(path, uids) -> Path:
-    """Write uids to ``path``: ``.pkl`` = pickle list (official ``uid_set_pkl``), ``.txt`` = one per line."""
-    path = Path(path)
-    uids = [str(u) for u in uids]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".pkl":
-        with open(tmp, "wb") as f:
-            pickle.dump(uids, f)
-    elif path.suffix == ".txt":
-        tmp.write_text("".join(u + "\n" for u in uids))
-    else:
-        raise ValueError(f"{path}: uid lists are .pkl or .txt")
-    os.replace(tmp, path)
-    return path
-
-
-def read_uid_list(path) -> list[str]:
-    """Read a uid list (.pkl pickle list, or text: one uid per line, ``#`` comments and blanks ignored)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: uid list not found")
-    if path.suffix == ".pkl":
-        with open(path, "rb") as f:
-            uids = pickle.load(f)
-        if not isinstance(uids, (list, tuple)):
-            raise ValueError(f"{path}: expected a pickled list of uids")
-        return [str(u) for u in uids]
-    lines = (ln.split("#", 1)[0].strip() for ln in path.read_text().splitlines())
-    return [ln for ln in lines if ln]
-
-
 def read_jsonl(path) -> list[dict]:
     """Records of a JSON-lines file ([] if missing); a truncated last line (crash) is ignored."""
     import json

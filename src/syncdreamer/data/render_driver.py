@@ -27,6 +27,7 @@ from ..config import to_plain
 from ..cameras import Rig, focal_from_lens, make_rig, pose_to_blender_c2w
 from . import layout
 from .mesh_io import MESH_SUFFIXES
+from .resources import blender_script_path
 
 __all__ = [
     "BLENDER_SCRIPT",
@@ -43,8 +44,8 @@ __all__ = [
     "run_render",
 ]
 
-#: The script Blender runs (next to this repository's other data preparation tools).
-BLENDER_SCRIPT = Path(__file__).resolve().parents[3] / "data_prep" / "blender_render.py"
+#: The script Blender runs (package data; ``data_prep/blender_render.py`` in a checkout links to it).
+BLENDER_SCRIPT = blender_script_path()
 
 # Settings that go to Blender verbatim (after presets are applied).
 _BLENDER_KEYS = (
@@ -117,7 +118,7 @@ def find_blender(path=None) -> str:
 
 def _blender_cmd(blender: str, *args: str) -> list[str]:
     if not BLENDER_SCRIPT.is_file():
-        raise RenderError(f"{BLENDER_SCRIPT} not found: run from a checkout of the repository (data_prep/ holds it)")
+        raise RenderError(f"{BLENDER_SCRIPT} not found: the syncdreamer installation is incomplete; reinstall it")
     return [blender, "-b", "--factory-startup", "-noaudio", "--python", str(BLENDER_SCRIPT), "--", *args]
 
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..cameras import camera_centers_from_angles, focal_from_lens, look_at, project
 from . import layout
+from .manifest import index_object, write_manifest
 from .mesh_io import TRIMESH_SUFFIXES, load_normalized_mesh
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "find_source_meshes",
     "split_uids",
     "validate_dataset",
+    "manifest_rows",
 ]
 
 
@@ -276,9 +278,8 @@ def check_images(folder: Path, rig: str, cfg: ValidationConfig) -> tuple[list[st
     return errs, masks
 
 
-def validate_object(root, uid: str, cfg: ValidationConfig, mesh_path=None) -> ObjectReport:
-    """All checks for one uid; the silhouette check runs when ``mesh_path`` is given and readable."""
-    report = ObjectReport(uid)
+def _check_rigs(root, uid: str, cfg: ValidationConfig, report: ObjectReport) -> tuple[dict, dict]:
+    """Structure, image and camera checks of both rigs. Returns (metas, foreground masks) per rig."""
     metas, all_masks = {}, {}
     for rig in layout.RIGS:
         folder = layout.object_dir(root, rig, uid)
@@ -294,55 +295,82 @@ def validate_object(root, uid: str, cfg: ValidationConfig, mesh_path=None) -> Ob
             report.errors.append(f"{rig}: {exc}")
             continue
         report.errors += check_meta(metas[rig], rig, cfg)
-    if mesh_path is None:
-        return report
+    return metas, all_masks
+
+
+def _load_source_mesh(mesh_path, cfg: ValidationConfig, report: ObjectReport):
+    """The normalised source mesh and its sampled points: ``(mesh, scale, center, points, faces, dense)``, or
+    None when it cannot be read here (recorded in ``report``)."""
     if Path(mesh_path).suffix.lower() not in TRIMESH_SUFFIXES:
         report.scores["silhouette_skipped"] = f"{Path(mesh_path).suffix} cannot be read outside Blender"
-        return report
+        return None
     try:
         mesh, scale, center = load_normalized_mesh(mesh_path)
     except ValueError as exc:
         report.errors.append(f"source mesh: {exc}")
-        return report
-    report.checked_silhouette = True
+        return None
+    import trimesh
+
     faces = getattr(mesh, "faces", None)
     if faces is not None and len(faces):
-        import trimesh
-
         points = trimesh.sample.sample_surface(mesh, cfg.silhouette_points, seed=cfg.seed)[0]
     else:
         points = np.asarray(mesh.vertices)
     dense = None
     if faces is not None and len(faces) > cfg.max_raster_faces:
-        import trimesh
-
         dense = trimesh.sample.sample_surface(mesh, cfg.dense_points, seed=cfg.seed + 1)[0]
         faces = None
-    _check_normalization(root, uid, scale, center, cfg, report)
+    return mesh, scale, center, points, faces, dense
+
+
+def _silhouette_failures(s: dict, cfg: ValidationConfig) -> list[str]:
+    """The thresholds one view's silhouette scores miss."""
+    bad = []
+    if s.get("depth_consistent", 1.0) < cfg.min_depth_consistent:
+        bad.append(f"depth_consistent {s['depth_consistent']:.3f} < {cfg.min_depth_consistent}")
+    if s["inside"] < cfg.min_inside:
+        bad.append(f"inside {s['inside']:.3f} < {cfg.min_inside}")
+    if "coverage" in s and s["coverage"] < cfg.min_coverage:
+        bad.append(f"coverage {s['coverage']:.3f} < {cfg.min_coverage}")
+    if "iou" in s and s["iou"] < cfg.min_iou:
+        bad.append(f"iou {s['iou']:.3f} < {cfg.min_iou}")
+    return bad
+
+
+def _check_rig_silhouettes(root, uid: str, rig: str, meta: dict, masks: list, source, cfg: ValidationConfig,
+                           report: ObjectReport) -> dict:
+    """Silhouette (and depth) agreement of every view of one rig; returns the worst score per metric."""
+    mesh, _, _, points, faces, dense = source
+    rows = []
+    for i, mask in enumerate(masks):
+        if mask is None or i >= len(meta["poses"]):
+            continue
+        s = silhouette_scores(mask, points, meta["poses"][i], meta["K"], mesh.vertices, faces,
+                              tolerance_px=cfg.tolerance_px, dense_points=dense)
+        dpath = layout.object_dir(root, rig, uid) / layout.depth_name(i)
+        if cfg.depth and dpath.is_file():
+            s["depth_consistent"] = depth_consistency(layout.read_depth(dpath), points, meta["poses"][i],
+                                                      meta["K"], cfg.depth_tolerance)
+        rows.append(s)
+        bad = _silhouette_failures(s, cfg)
+        if bad:
+            report.errors.append(f"{rig}: view {i:03d} silhouette disagrees with its camera ({', '.join(bad)})")
+    return {k: float(min(r[k] for r in rows)) for k in (rows[0] if rows else {})}
+
+
+def validate_object(root, uid: str, cfg: ValidationConfig, mesh_path=None) -> ObjectReport:
+    """All checks for one uid; the silhouette check runs when ``mesh_path`` is given and readable."""
+    report = ObjectReport(uid)
+    metas, all_masks = _check_rigs(root, uid, cfg, report)
+    if mesh_path is None:
+        return report
+    source = _load_source_mesh(mesh_path, cfg, report)
+    if source is None:
+        return report
+    report.checked_silhouette = True
+    _check_normalization(root, uid, source[1], source[2], cfg, report)
     for rig, meta in metas.items():
-        rows = []
-        for i, mask in enumerate(all_masks.get(rig, [])):
-            if mask is None or i >= len(meta["poses"]):
-                continue
-            s = silhouette_scores(mask, points, meta["poses"][i], meta["K"], mesh.vertices, faces,
-                                  tolerance_px=cfg.tolerance_px, dense_points=dense)
-            dpath = layout.object_dir(root, rig, uid) / layout.depth_name(i)
-            if cfg.depth and dpath.is_file():
-                s["depth_consistent"] = depth_consistency(layout.read_depth(dpath), points, meta["poses"][i],
-                                                          meta["K"], cfg.depth_tolerance)
-            rows.append(s)
-            bad = []
-            if s.get("depth_consistent", 1.0) < cfg.min_depth_consistent:
-                bad.append(f"depth_consistent {s['depth_consistent']:.3f} < {cfg.min_depth_consistent}")
-            if s["inside"] < cfg.min_inside:
-                bad.append(f"inside {s['inside']:.3f} < {cfg.min_inside}")
-            if "coverage" in s and s["coverage"] < cfg.min_coverage:
-                bad.append(f"coverage {s['coverage']:.3f} < {cfg.min_coverage}")
-            if "iou" in s and s["iou"] < cfg.min_iou:
-                bad.append(f"iou {s['iou']:.3f} < {cfg.min_iou}")
-            if bad:
-                report.errors.append(f"{rig}: view {i:03d} silhouette disagrees with its camera ({', '.join(bad)})")
-        report.scores[rig] = {k: float(min(r[k] for r in rows)) for k in (rows[0] if rows else {})}
+        report.scores[rig] = _check_rig_silhouettes(root, uid, rig, meta, all_masks.get(rig, []), source, cfg, report)
     return report
 
 
@@ -390,12 +418,34 @@ def split_uids(uids, val_fraction: float, seed: int = 0) -> tuple[list[str], lis
     return train, val
 
 
+def manifest_rows(root, reports: list[ObjectReport], views: int, train, val) -> list[dict]:
+    """Manifest rows of validated objects: the index row (files, elevations, size, settings) with the
+    validation verdict (``valid`` / ``invalid`` + first error, or ``incomplete``), split and worst scores."""
+    split = {**{u: "train" for u in train}, **{u: "val" for u in val}}
+    rows = []
+    for rep in reports:
+        row = index_object(root, rep.uid, views)
+        if row["status"] == "complete" or rep.errors:
+            row["status"] = "valid" if rep.ok else ("incomplete" if row["status"] == "incomplete" else "invalid")
+            row["reason"] = None if rep.ok else "; ".join(rep.errors[:3]) + (
+                f" (+{len(rep.errors) - 3} more)" if len(rep.errors) > 3 else "")
+        row["split"], row["checked_silhouette"] = split.get(rep.uid), rep.checked_silhouette
+        rigs = [v for v in rep.scores.values() if isinstance(v, dict)]
+        for col, key in (("sil_inside", "inside"), ("sil_coverage", "coverage"), ("sil_iou", "iou"),
+                         ("depth_consistent", "depth_consistent")):
+            vals = [r[key] for r in rigs if key in r]
+            row[col] = min(vals) if vals else None
+        rows.append(row)
+    return rows
+
+
 def validate_dataset(root, cfg: ValidationConfig, meshes=None, out_dir=None, val_fraction: float = 0.02,
                      split_seed: int = 0, require_mesh: bool = False, log=print) -> dict:
     """Validate every uid under ``root/target`` (and ``root/input``), write the report and the uid lists.
 
-    Writes ``<out_dir>/validation.jsonl`` (one record per uid), ``train_uids.{pkl,txt}`` and
-    ``val_uids.{pkl,txt}`` with the uids that passed. Returns counts and the list paths.
+    Writes ``<out_dir>/validation.jsonl`` (one record per uid), ``<out_dir>/manifest.parquet`` (every uid
+    with status, reason, split and silhouette scores, :mod:`syncdreamer.data.manifest`), ``train_uids.{pkl,txt}``
+    and ``val_uids.{pkl,txt}`` with the uids that passed. Returns counts and the paths.
     """
     t0 = time.time()
     root = Path(root)
@@ -405,7 +455,9 @@ def validate_dataset(root, cfg: ValidationConfig, meshes=None, out_dir=None, val
         raise ValueError(f"{root}: no objects found under target/ or input/; is this a rendered data set?")
     sources = find_source_meshes(meshes)
     good, reports = [], []
-    for uid in uids:
+    from tqdm import tqdm
+
+    for uid in tqdm(uids, desc=f"validating {root.name}", unit="obj", mininterval=2.0, disable=len(uids) < 100):
         mesh = sources.get(uid)
         rep = validate_object(root, uid, cfg, mesh)
         if require_mesh and mesh is None:
@@ -420,7 +472,7 @@ def validate_dataset(root, cfg: ValidationConfig, meshes=None, out_dir=None, val
     tmp.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in reports))
     tmp.replace(out_dir / "validation.jsonl")
     train, val = split_uids(good, val_fraction, split_seed)
-    paths = {}
+    paths = {"manifest": str(write_manifest(out_dir, manifest_rows(root, reports, cfg.views, train, val)))}
     for name, lst in (("train", train), ("val", val)):
         for ext in ("pkl", "txt"):
             paths[f"{name}_{ext}"] = str(layout.write_uid_list(out_dir / f"{name}_uids.{ext}", lst))

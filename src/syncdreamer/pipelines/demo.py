@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import shutil
 import subprocess
 import sys
@@ -91,11 +90,12 @@ def _held_out(state: DemoState, cfg) -> None:
     state.uid = cfg.object or uids[0]
     index = int(cfg.input_view)
     state.input_png = state.data_root / "input" / state.uid / f"{index:03d}.png"
-    with open(state.data_root / "input" / state.uid / "meta.pkl", "rb") as fh:
-        meta = pickle.load(fh)
     import math
 
-    state.elevation_deg = round(math.degrees(float(meta[2][index])), 3)
+    from ..data.meta import read_meta
+
+    meta = read_meta(state.data_root / "input" / state.uid / "meta.pkl")  # restricted: never runs code
+    state.elevation_deg = round(math.degrees(float(meta["elevations"][index])), 3)
 
 
 def stage_generate(state: DemoState, cfg) -> None:

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import json
-import pickle
 import re
 from pathlib import Path
 from typing import Callable
@@ -142,9 +141,10 @@ def load_cameras(spec, n_views: int, image_size: int, rig_kwargs: dict | None = 
                              "entries with 'pose_w2c' and 'K'")
         size = data.get("image_size")
     elif path.suffix == ".pkl":
-        with open(path, "rb") as f:
-            meta = pickle.load(f)
-        K, poses = np.asarray(meta[0], np.float64), np.asarray(meta[4], np.float64)
+        from ..data.meta import read_meta
+
+        meta = read_meta(path)  # restricted unpickler: a data set file never runs code
+        K, poses = meta["K"], meta["poses"]
         Ks, size = K, None
     else:
         raise ValueError(f"{path}: cameras must be a .json or .pkl (meta.pkl) file")
