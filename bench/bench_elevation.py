@@ -113,7 +113,7 @@ def main(argv=None):
     parser.add_argument("--resolution", type=int, default=128)
     parser.add_argument("--elevations", type=float, nargs="+", default=list(ELEVATIONS))
     parser.add_argument("--fixed", type=float, default=30.0, help="the fixed guess to compare with")
-    parser.add_argument("--method", default=None, help="override elevation_estimate.method")
+    parser.add_argument("--method", default="silhouette", help="elevation_estimate.method to measure")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--keep", default=None, help="render into (and reuse) this folder")
     args = parser.parse_args(argv)
@@ -134,7 +134,7 @@ def main(argv=None):
     print(f"Elevation estimate (method={method}) on {n} procedural objects ({args.per_kind} per class), "
           f"{args.views} azimuths x {len(args.elevations)} elevations {args.elevations}, Blender fast preset "
           f"at {args.resolution} px, framed as generate.py (crop_size={gen_cfg.crop_size}); "
-          f"{time.time() - t0:.0f} s incl. rendering\n")
+          f"{time.time() - t0:.0f} s (rendering or reusing --keep, then estimating)\n")
     print(table(rows, args.fixed))
     print()
     print(per_elevation(rows))

@@ -135,14 +135,20 @@ def test_rgb_image_opencv_fallback_and_samples(micro, tmp_path):
     Image.fromarray(rgba_picture(with_alpha=False)).save(src, quality=95)
     out = tmp_path / "out"
     folders = run_inprocess(overrides(micro, out, f"input={src}", "elevation=null", "sample_num=2",
-                                      "sampler=dpmsolver"))
+                                      "sampler=dpmsolver", "elevation_estimate.method=silhouette"))
     assert [f.name for f in folders] == ["photo", "photo_s1"]
+    from syncdreamer.pipelines.elevation import ElevationConfig, estimate_elevation
+
     for f in folders:
         meta = check_view_set(f)
         assert meta["foreground"]["method"] == "opencv"
         assert meta["sampler"] == "dpmsolver"
         assert meta["input_view"]["source"] == "estimated"
-        assert -10.0 <= meta["input_view"]["elevation_deg"] <= 40.0
+        # the estimate is the one of the framed picture the model saw, with the model's focal length (70 px)
+        framed_mask = np.asarray(Image.open(f / "input.png"))[..., 3] > 0
+        expected = estimate_elevation(framed_mask, ElevationConfig(focal=70.0))
+        assert meta["input_view"]["elevation_deg"] == pytest.approx(expected.elevation_deg)
+        assert meta["input_view"]["estimate"]["method"] == expected.method
     assert json.loads((folders[1] / "cameras.json").read_text())["sample_index"] == 1
     # the OpenCV mask covers the object (37 x 58 px box plus disc) and not the white border
     mask = np.asarray(Image.open(folders[0] / "mask.png")) > 0
@@ -169,6 +175,26 @@ def test_folder_of_two_images_is_reproducible(micro, tmp_path):
     first = np.asarray(Image.open(out / "a" / "strip.png"))
     run_inprocess(overrides(micro, out, f"input={folder / 'a.png'}", "elevation=30"))  # same seed, overwrite
     assert np.array_equal(first, np.asarray(Image.open(out / "a" / "strip.png")))
+
+
+def test_default_elevation_is_the_fixed_guess_and_is_printed(micro, tmp_path, caplog):
+    """elevation=null uses elevation_estimate.method=fixed (bench/bench_elevation.py: the silhouette estimate
+    does not beat a fixed 30 deg), and the elevation used is logged."""
+    import logging
+
+    from hydra import compose, initialize_config_dir
+
+    from syncdreamer.pipelines.generate import collect_inputs
+
+    src = tmp_path / "obj.png"
+    Image.fromarray(rgba_picture()).save(src)
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="generate", overrides=overrides(micro, tmp_path / "out", f"input={src}",
+                                                                   "elevation=null"))
+    with caplog.at_level(logging.INFO, logger="syncdreamer.pipelines.generate"):
+        item, = collect_inputs(cfg, 64, torch.device("cpu"))
+    assert item.elevation["elevation_deg"] == 30.0 and item.elevation["source"] == "fixed guess"
+    assert "obj: input elevation 30.0 deg (fixed guess)" in caplog.text
 
 
 @pytest.fixture(scope="session")

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .elevation import METHODS as ELEVATION_METHODS
 from .elevation import ElevationConfig, estimate_elevation
 from .errors import InputError
 from .foreground import ForegroundConfig, extract_foreground
@@ -118,11 +119,11 @@ def frame_input(item: PreparedInput, crop_size: int, image_size: int, elevation:
     item.image, item.framed = prepare_input(item.rgba, crop_size, image_size)
     if elevation is None:
         est = estimate_elevation(item.framed[..., 3] > alpha_threshold, elev_cfg)
-        item.elevation = {"elevation_deg": est.elevation_deg, "source": "estimated", "estimate": est.to_json()}
+        source = "fixed guess" if est.method == "fixed" else "estimated"
+        item.elevation = {"elevation_deg": est.elevation_deg, "source": source, "estimate": est.to_json()}
     else:
         item.elevation = {"elevation_deg": float(elevation), "source": "given"}
-    log.info("%s: input elevation %.1f deg (%s)", item.name, item.elevation["elevation_deg"],
-             item.elevation["source"] if elevation is not None else f"estimated, {est.method}")
+    log.info("%s: input elevation %.1f deg (%s)", item.name, item.elevation["elevation_deg"], item.elevation["source"])
     return item
 
 
@@ -191,6 +192,9 @@ def collect_inputs(cfg, image_size: int, device: torch.device) -> list[PreparedI
     """All inputs of the run (``input`` files/folders and ``prompt`` strings), checked and prepared."""
     fg_cfg = dataclass_from(ForegroundConfig, cfg.get("foreground_options"), InputError, section="foreground_options")
     elev_cfg = dataclass_from(ElevationConfig, cfg.get("elevation_estimate"), InputError, section="elevation_estimate")
+    if elev_cfg.method not in ELEVATION_METHODS:
+        raise InputError(f"elevation_estimate.method={elev_cfg.method} is invalid: use one of "
+                         f"{', '.join(ELEVATION_METHODS)}")
     elevation = validate_elevation(cfg.get("elevation"), cfg.get("elevation_limits") or (-90.0, 90.0))
     paths, prompts = list_inputs(cfg.get("input")), _prompts(cfg)
     if not paths and not prompts:
