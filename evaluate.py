@@ -7,16 +7,19 @@ Writes metrics.csv, summary.md and summary.json into output_dir (library:
 (see the CSV), 2 on a configuration error.
 """
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from syncdreamer.cli import check_missing, require_options
 from syncdreamer.metrics.benchmark import run_benchmark
 
 
 @hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
+    check_missing(cfg)
     try:
         result = run_benchmark(cfg)
     except (ValueError, FileNotFoundError) as exc:
@@ -28,4 +31,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    require_options(Path(__file__).resolve().parent / "conf" / "evaluate.yaml")
     main()

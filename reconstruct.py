@@ -6,16 +6,20 @@ Writes mesh.ply / mesh.glb (vertex colours), turntable.gif and recon.json into o
 :mod:`syncdreamer.recon.pipeline`. Exit code 2 on bad input (one-line message).
 """
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from syncdreamer.cli import check_device, check_missing, require_options
 from syncdreamer.recon.pipeline import reconstruct
 
 
 @hydra.main(config_path="conf", config_name="reconstruct", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
+    check_missing(cfg)
+    check_device(cfg.get("device"))
     try:
         summary = reconstruct(cfg)
     except ValueError as exc:
@@ -26,4 +30,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    require_options(Path(__file__).resolve().parent / "conf" / "reconstruct.yaml")
     main()

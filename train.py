@@ -4,13 +4,17 @@ Thin Hydra entry point; the run lives in :func:`syncdreamer.systems.runner.train
 how to run each experiment in experiments/README.md).
 """
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from syncdreamer.cli import check_missing, require_options
+
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    check_missing(cfg)
     from syncdreamer.data.dataset import DataError
     from syncdreamer.systems.runner import ConfigError, train
 
@@ -23,4 +27,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    require_options(Path(__file__).resolve().parent / "conf" / "train.yaml")
     main()

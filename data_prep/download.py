@@ -7,16 +7,19 @@ See :mod:`syncdreamer.data.objaverse_download`. Then render them with
 Exit code 0 when every selected uid is on disk, 1 when some failed or were unknown, 2 on a usage error.
 """
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from syncdreamer.cli import check_missing, require_options
 from syncdreamer.data.objaverse_download import DownloadError, run_download
 
 
 @hydra.main(config_path="../conf", config_name="download", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
+    check_missing(cfg)
     try:
         summary = run_download(OmegaConf.to_container(cfg, resolve=True))
     except (DownloadError, FileNotFoundError, ValueError) as exc:
@@ -27,4 +30,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    require_options(Path(__file__).resolve().parents[1] / "conf" / "download.yaml")
     main()

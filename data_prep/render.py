@@ -7,16 +7,19 @@ Blender side. Exit code 0 when nothing failed in this run, 1 when some objects f
 ``<output_dir>/failures.jsonl``), 2 on a configuration / environment error.
 """
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from syncdreamer.cli import check_missing, require_options
 from syncdreamer.data.render_driver import RenderError, run_render
 
 
 @hydra.main(config_path="../conf", config_name="render", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
+    check_missing(cfg)
     try:
         summary = run_render(cfg)
     except RenderError as exc:
@@ -27,4 +30,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    require_options(Path(__file__).resolve().parents[1] / "conf" / "render.yaml")
     main()

@@ -6,16 +6,19 @@ See :mod:`syncdreamer.data.validate` for the checks. Exit code 0 when every obje
 are not (they are left out of the lists; ``validation.jsonl`` says why), 2 on a usage error.
 """
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from syncdreamer.cli import check_missing, require_options
 from syncdreamer.data.validate import ValidationConfig, validate_dataset
 
 
 @hydra.main(config_path="../conf", config_name="validate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
+    check_missing(cfg)
     check = ValidationConfig.from_mapping(OmegaConf.to_container(cfg.check, resolve=True))
     try:
         summary = validate_dataset(cfg.root, check, meshes=cfg.meshes, out_dir=cfg.out_dir,
@@ -29,4 +32,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    require_options(Path(__file__).resolve().parents[1] / "conf" / "validate.yaml", existing=("root",))
     main()

@@ -148,3 +148,99 @@ def test_lightning_checkpoints_with_omegaconf_hparams_load_without_running_their
     sd, extras = read_checkpoint(path)
     assert torch.equal(sd["w"], torch.arange(3.0))
     assert type(extras["hyper_parameters"]).__name__.startswith("Stub[")  # an inert stand-in, not omegaconf's class
+
+
+# ---------------------------------------------------------------------------------------------- EMA
+def test_package_initialiser_only_re_exports():
+    """The logic lives in named modules; ``syncdreamer.checkpoints.<name>`` keeps working through re-exports."""
+    import syncdreamer.checkpoints as pkg
+    from syncdreamer.checkpoints import official, ours, safe_load
+
+    assert pkg.load_model is ours.load_model and pkg.read_checkpoint is safe_load.read_checkpoint
+    assert pkg.load_official_checkpoint is official.load_official_checkpoint
+    assert pkg.CheckpointError is safe_load.CheckpointError
+    source = pathlib.Path(pkg.__file__).read_text()
+    assert "\ndef " not in source and "\nclass " not in source
+
+
+@pytest.fixture(scope="module")
+def ema_checkpoint(tmp_path_factory):
+    """A 2-step train.py run of the tiny model with an EMA (decay 0.5, lr 1e-2 so that EMA and raw differ)."""
+    from test_datamodule import make_fake_renders
+    from test_train_run import compose_cfg, tiny_overrides
+    from syncdreamer.data import layout
+    from syncdreamer.systems import train
+
+    data = tmp_path_factory.mktemp("ema_renders")
+    uids = make_fake_renders(data, 3, 64)
+    layout.write_uid_list(data / "train.txt", uids[:2])
+    layout.write_uid_list(data / "val.txt", uids[2:])
+    run = tmp_path_factory.mktemp("ema_run")
+    train(compose_cfg(tiny_overrides(run, data, steps=2, **{"system.ema.decay": 0.5, "system.optimizer.lr": 0.01,
+                                                             "system.optimizer.warmup_steps": 0})))
+    return run / "run" / "checkpoints" / "last.ckpt"
+
+
+def _manual_weights(ckpt_path, use_ema: bool) -> dict:
+    """The expected parameters, assembled by hand from the raw checkpoint dict (not through load_model)."""
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    sd = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    if use_ema:
+        sd.update(ckpt["ema"]["shadow"])
+    return sd
+
+
+def test_load_model_takes_the_ema_weights_by_default(ema_checkpoint):
+    from syncdreamer.systems import load_model_from_checkpoint
+
+    ema_model = load_model(ema_checkpoint)
+    raw_model = load_model(ema_checkpoint, use_ema=False)
+    assert ema_model.checkpoint_info["weights"] == "ema" and raw_model.checkpoint_info["weights"] == "raw"
+    assert ema_model.checkpoint_info["ema_available"] and ema_model.checkpoint_info["global_step"] == 2
+    for model, use_ema in ((ema_model, True), (raw_model, False)):
+        expected = _manual_weights(ema_checkpoint, use_ema)
+        got = model.state_dict()
+        assert all(torch.equal(got[k], v.to(got[k].dtype)) for k, v in expected.items())
+    shadow = torch.load(ema_checkpoint, map_location="cpu", weights_only=False)["ema"]["shadow"]
+    differ = [k for k in shadow if not torch.equal(ema_model.state_dict()[k], raw_model.state_dict()[k])]
+    assert len(differ) > len(shadow) // 2  # the EMA really is another set of weights
+    # training resume / evaluation go through the same loader
+    resumed, config = load_model_from_checkpoint(ema_checkpoint)
+    assert config["model"]["volume_resolution"] == 8
+    assert all(torch.equal(resumed.state_dict()[k], v) for k, v in ema_model.state_dict().items())
+    raw_again, _ = load_model_from_checkpoint(ema_checkpoint, use_ema=False)
+    assert all(torch.equal(raw_again.state_dict()[k], v) for k, v in raw_model.state_dict().items())
+
+
+def test_generate_cli_samples_with_the_ema_weights(ema_checkpoint, tmp_path):
+    """generate.py's views equal those sampled by hand from the EMA weights, and differ from the raw weights'."""
+    import json
+
+    import numpy as np
+    from hydra import compose, initialize_config_dir
+    from PIL import Image
+
+    from syncdreamer.pipelines import generate as gen
+
+    picture = np.full((64, 64, 4), 0, np.uint8)
+    picture[16:52, 20:44] = (200, 60, 40, 255)
+    src = tmp_path / "obj.png"
+    Image.fromarray(picture).save(src)
+    overrides = [f"checkpoint={ema_checkpoint}", f"input={src}", "elevation=20", "sample_steps=2", "device=cpu",
+                 f"output_dir={tmp_path / 'out'}"]
+    with initialize_config_dir(str(pathlib.Path(gen.__file__).parents[3] / "conf"), version_base="1.3"):
+        cfg = compose("generate", overrides=overrides)
+    folder, = gen.run(cfg)
+    cli_views = np.stack([np.asarray(Image.open(folder / f"{i:03d}.png")) for i in range(16)])
+    assert json.loads((folder / "cameras.json").read_text())["model_weights"]["weights"] == "ema"
+
+    def by_hand(use_ema):
+        model = build_model(torch.load(ema_checkpoint, map_location="cpu", weights_only=False)["config"]["model"])
+        model.load_state_dict(_manual_weights(ema_checkpoint, use_ema))
+        item, = gen.collect_inputs(cfg, int(model.image_size), torch.device("cpu"))
+        views = gen.generate_views(model.eval(), gen.build_sampler(cfg.sampler, model), item.image, 20.0, 1,
+                                   int(cfg.seed), torch.device("cpu"))
+        return gen.to_uint8(views)[0]
+
+    assert np.array_equal(cli_views, by_hand(True))
+    assert np.abs(cli_views.astype(int) - by_hand(False)).max() > 0

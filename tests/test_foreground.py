@@ -45,7 +45,7 @@ def test_opencv_blank_picture_is_empty_mask():
         extract_foreground(np.full((64, 64, 3), 200, np.uint8), "opencv")
 
 
-def test_alpha_method_and_auto():
+def test_alpha_method_and_auto(monkeypatch):
     rgb, truth = scene()
     rgba = np.dstack([rgb, truth.astype(np.uint8) * 255])
     fg = extract_foreground(rgba, "alpha")
@@ -195,9 +195,19 @@ def test_sam_real_package_with_random_weights(tmp_path, monkeypatch):
         assert fg.method == "sam" and np.array_equal(fg.mask, best)
 
 
+@pytest.fixture(autouse=True)
+def fresh_model_caches():
+    """Each test sees its own (stand-in or real) packages: empty the load-once caches around it."""
+    fgm.sam_predictor.cache_clear()
+    fgm.rembg_session.cache_clear()
+    yield
+    fgm.sam_predictor.cache_clear()
+    fgm.rembg_session.cache_clear()
+
+
 def test_sam_path_with_a_stub_package(tmp_path, monkeypatch):
-    """The SAM branch with a STUB ``segment_anything`` module (NOT the real package, and no weights here):
-    box prompt, best mask. The real package is tested by test_sam_real_package_with_random_weights."""
+    """The SAM branch, with a stand-in ``segment_anything`` module (STAND-IN: SAM weights are gigabytes and not
+    here): box prompt, best mask, and the model loaded once for several images."""
     import sys
     import types
 
@@ -217,7 +227,8 @@ def test_sam_path_with_a_stub_package(tmp_path, monkeypatch):
 
     stub = types.ModuleType("segment_anything")
     stub.SamPredictor = Predictor
-    stub.sam_model_registry = {"vit_b": lambda checkpoint: f"sam({checkpoint})"}
+    loads = []
+    stub.sam_model_registry = {"vit_b": lambda checkpoint: loads.append(checkpoint) or f"sam({checkpoint})"}
     monkeypatch.setitem(sys.modules, "segment_anything", stub)
     monkeypatch.setattr(fgm.importlib.util, "find_spec", lambda name: object())
     (tmp_path / "sam.pth").write_bytes(b"x")
@@ -226,3 +237,49 @@ def test_sam_path_with_a_stub_package(tmp_path, monkeypatch):
     assert fg.method == "sam" and np.array_equal(fg.mask, truth)
     x0, y0, x1, y1 = seen["box"]
     assert x0 < 36 and y0 < 25 and x1 > 92 and y1 > 110   # box around the object plus margin
+    cfg = ForegroundConfig(sam_checkpoint=str(tmp_path / "sam.pth"), sam_model_type="vit_b")
+    for _ in range(3):
+        extract_foreground(rgb, "sam", cfg)
+    assert loads == [str((tmp_path / "sam.pth").resolve())]  # four images, one load
+
+
+def _stand_in_rembg(monkeypatch, truth, loads):
+    """A stand-in ``rembg`` module (STAND-IN: rembg's ONNX model is downloaded on first use, impossible offline)."""
+    import sys
+    import types
+
+    stub = types.ModuleType("rembg")
+    stub.sessions = types.SimpleNamespace(sessions={})  # unknown model layout: the file check is skipped
+    stub.new_session = lambda name: loads.append(name) or f"session({name})"
+    stub.remove = lambda rgb, session: np.dstack([rgb, truth.astype(np.uint8) * 255])
+    monkeypatch.setitem(sys.modules, "rembg", stub)
+    monkeypatch.setattr(fgm, "rembg_available", lambda: True)
+
+
+def test_rembg_session_is_created_once_per_process(monkeypatch):
+    rgb, truth = scene()
+    loads = []
+    _stand_in_rembg(monkeypatch, truth, loads)
+    for _ in range(3):
+        fg = extract_foreground(rgb, "rembg")
+        assert fg.method == "rembg" and np.array_equal(fg.mask, truth)
+    assert loads == ["u2net"]
+
+
+def test_auto_prefers_a_working_rembg(monkeypatch):
+    rgb, truth = scene()
+    _stand_in_rembg(monkeypatch, truth, [])
+    assert extract_foreground(rgb, "auto").method == "rembg"
+
+
+def test_real_rembg_without_its_model_file_fails_fast_without_downloading(tmp_path, monkeypatch):
+    """The real package (extra [rembg]): with an empty model folder it must not try to download (which hangs
+    offline); rembg=... is one line, auto falls back to OpenCV, and the failure is not cached."""
+    pytest.importorskip("rembg", reason="optional package rembg not installed")
+    for var in ("U2NET_HOME", "REMBG_HOME", "XDG_DATA_HOME"):
+        monkeypatch.setenv(var, str(tmp_path / "models"))
+    rgb, _ = scene()
+    with pytest.raises(InputError, match="not on disk"):
+        extract_foreground(rgb, "rembg")
+    assert fgm.rembg_session.cache_info().currsize == 0
+    assert extract_foreground(rgb, "auto").method == "opencv"

@@ -135,8 +135,10 @@ def test_rgb_image_opencv_fallback_and_samples(micro, tmp_path):
     Image.fromarray(rgba_picture(with_alpha=False)).save(src, quality=95)
     out = tmp_path / "out"
     folders = run_inprocess(overrides(micro, out, f"input={src}", "elevation=null", "sample_num=2",
-                                      "sampler=dpmsolver"))
+                                      "sampler=dpmsolver", "elevation_estimate.method=silhouette"))
     assert [f.name for f in folders] == ["photo", "photo_s1"]
+    from syncdreamer.pipelines.elevation import ElevationConfig, estimate_elevation
+
     for f in folders:
         meta = check_view_set(f)
         assert meta["foreground"]["method"] == "opencv"
@@ -146,11 +148,10 @@ def test_rgb_image_opencv_fallback_and_samples(micro, tmp_path):
         # and the model's focal length (the clamp alone would keep any number in [-10, 40])
         from omegaconf import OmegaConf
 
-        from syncdreamer.pipelines.elevation import ElevationConfig, estimate_elevation
-
         numbers = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "generate.yaml").elevation_estimate)
         expected = estimate_elevation(np.asarray(Image.open(f / "input.png"))[..., 3] > 0,
-                                      ElevationConfig(**{**numbers, "focal": MICRO_MODEL["focal"]}))
+                                      ElevationConfig(**{**numbers, "focal": MICRO_MODEL["focal"],
+                                                           "method": "silhouette"}))
         assert meta["input_view"]["elevation_deg"] == expected.elevation_deg
         assert meta["input_view"]["estimate"] == pytest.approx(expected.to_json())
     assert json.loads((folders[1] / "cameras.json").read_text())["sample_index"] == 1
@@ -179,6 +180,26 @@ def test_folder_of_two_images_is_reproducible(micro, tmp_path):
     first = np.asarray(Image.open(out / "a" / "strip.png"))
     run_inprocess(overrides(micro, out, f"input={folder / 'a.png'}", "elevation=30"))  # same seed, overwrite
     assert np.array_equal(first, np.asarray(Image.open(out / "a" / "strip.png")))
+
+
+def test_default_elevation_is_the_fixed_guess_and_is_printed(micro, tmp_path, caplog):
+    """elevation=null uses elevation_estimate.method=fixed (bench/bench_elevation.py: the silhouette estimate
+    does not beat a fixed 30 deg), and the elevation used is logged."""
+    import logging
+
+    from hydra import compose, initialize_config_dir
+
+    from syncdreamer.pipelines.generate import collect_inputs
+
+    src = tmp_path / "obj.png"
+    Image.fromarray(rgba_picture()).save(src)
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="generate", overrides=overrides(micro, tmp_path / "out", f"input={src}",
+                                                                   "elevation=null"))
+    with caplog.at_level(logging.INFO, logger="syncdreamer.pipelines.generate"):
+        item, = collect_inputs(cfg, 64, torch.device("cpu"))
+    assert item.elevation["elevation_deg"] == 30.0 and item.elevation["source"] == "fixed guess"
+    assert "obj: input elevation 30.0 deg (fixed guess)" in caplog.text
 
 
 @pytest.fixture(scope="session")

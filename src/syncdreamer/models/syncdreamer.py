@@ -11,12 +11,13 @@ azimuth ``i * 360 / N`` and the fixed elevation; the input view sits at view 0's
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from .. import cameras
+from ..config import dataclass_from
 from ..diffusion.schedule import q_sample, register_schedule
 from .layers import timestep_embedding
 from .unet import MultiviewUNet, UNetConfig
@@ -41,17 +42,6 @@ class Condition:
     @property
     def batch_size(self) -> int:
         return self.input_latent.shape[0]
-
-
-def _dc(cls, value):
-    if isinstance(value, cls):
-        return value
-    names = {f.name for f in fields(cls)}
-    value = dict(value or {})
-    unknown = set(value) - names
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys {sorted(unknown)}; valid keys: {sorted(names)}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
 
 
 class UNetWrapper(nn.Module):
@@ -129,7 +119,7 @@ class SyncDreamer(nn.Module):
         self.time_embed_dim, self.scale_factor = time_embed_dim, scale_factor
         self.elevation_target = math.radians(elevation_deg)
 
-        unet_cfg = _dc(UNetConfig, unet)
+        unet_cfg = dataclass_from(UNetConfig, unet)
         unet_cfg.use_checkpoint = unet_cfg.use_checkpoint or use_checkpoint
         unet_cfg.attention_backend = attention_backend
         unet_cfg.context_dim = clip_dim
@@ -139,7 +129,7 @@ class SyncDreamer(nn.Module):
         vol.update(view_num=view_num, latent_channels=latent_channels, image_size=image_size,
                    latent_size=self.latent_size, volume_resolution=volume_resolution, frustum_depth=frustum_depth,
                    origin_depth=camera_distance, time_dim=time_embed_dim, view_dim=viewpoint_dim)
-        vol_cfg = _dc(VolumeConfig, vol)
+        vol_cfg = dataclass_from(VolumeConfig, vol)
         unet_cfg.volume_dims = tuple(vol_cfg.frustum_dims)
         self.unet_config, self.volume_config = unet_cfg, vol_cfg
 

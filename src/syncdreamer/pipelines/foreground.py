@@ -5,8 +5,10 @@ Methods (``foreground=`` in ``conf/generate.yaml``):
 * ``alpha``  - use the picture's alpha channel (fails on an RGB picture).
 * ``sam``    - Segment Anything with a user-given checkpoint (``sam_checkpoint``, ``sam_model_type``);
   prompted with a box around the object found by the OpenCV method (or the whole picture). Needs the
-  optional package ``segment_anything``.
-* ``rembg``  - the ``rembg`` package when installed (its model file must already be on disk: no download).
+  optional package ``segment_anything`` (extra ``[sam]``).
+
+* ``rembg``  - the ``rembg`` package (extra ``[rembg]``) when installed; its model file must already be on disk
+  (no download).
 * ``opencv`` - offline fallback, no weights: a colour model of the picture border (median colour and spread
   of a ``border`` pixel wide frame), pixels far from it seed the foreground, then GrabCut refines the mask;
   the largest connected components are kept and holes filled.
@@ -15,9 +17,12 @@ Methods (``foreground=`` in ``conf/generate.yaml``):
 
 Every method returns a :class:`Foreground` (RGBA uint8 (H, W, 4), mask bool (H, W), method name); an empty
 mask raises :class:`~syncdreamer.pipelines.errors.InputError`.
+SAM predictors and rembg sessions are loaded once per process (:func:`sam_predictor`, :func:`rembg_session`,
+both ``functools.lru_cache``), not once per image.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,19 +153,79 @@ def rembg_available() -> bool:
     return importlib.util.find_spec("rembg") is not None
 
 
+def rembg_model_on_disk(model_name: str) -> bool | None:
+    """Whether rembg's model file for ``model_name`` is already on disk (rembg would otherwise download it,
+    which hangs on an offline machine); None when this rembg version cannot tell."""
+    from rembg import sessions  # lazy: optional extra
+
+    cls = getattr(sessions, "sessions", {}).get(model_name)
+    if cls is None:
+        return None
+    fname = f"{cls.name()}.onnx"
+    if hasattr(cls, "resolve_existing"):
+        return cls.resolve_existing(fname) is not None
+    if hasattr(cls, "u2net_home_dir"):
+        return (Path(cls.u2net_home_dir()) / fname).is_file()
+    return None
+
+
+@functools.lru_cache(maxsize=4)
+def rembg_session(model_name: str):
+    """The rembg session of ``model_name``, created once per process (a failed load is not cached)."""
+    import rembg  # lazy: optional extra
+
+    if rembg_model_on_disk(model_name) is False:
+        raise InputError(f"rembg's model file for {model_name!r} is not on disk and this run does not download it: "
+                         f"run `python -c \"import rembg; rembg.new_session('{model_name}')\"` once online, "
+                         "or use foreground=opencv")
+    try:
+        return rembg.new_session(model_name)
+    except Exception as err:  # noqa: BLE001 - rembg raises many kinds (unknown model, broken file, ...)
+        raise InputError(f"rembg could not load {model_name!r} ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}); or use foreground=opencv") from None
+
+
 def from_rembg(image: np.ndarray, cfg: ForegroundConfig) -> Foreground:
     if not rembg_available():
-        raise InputError("foreground=rembg needs the optional package `rembg` (pip install rembg); "
+        raise InputError("foreground=rembg needs the optional package rembg: pip install 'syncdreamer[rembg]'; "
                          "or use foreground=opencv")
     import rembg  # lazy: optional extra
 
+    session = rembg_session(cfg.rembg_model)
     try:
-        session = rembg.new_session(cfg.rembg_model)
         out = np.asarray(rembg.remove(np.ascontiguousarray(image[..., :3]), session=session))
-    except Exception as err:  # noqa: BLE001 - rembg raises many kinds (missing model file offline, ...)
+    except Exception as err:  # noqa: BLE001
         raise InputError(f"rembg failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
-                         "its model file must already be in ~/.u2net; or use foreground=opencv") from None
+                         "or use foreground=opencv") from None
     return _finish(image[..., :3], out[..., 3], "rembg", cfg)
+
+
+@functools.lru_cache(maxsize=2)
+def sam_predictor(model_type: str, checkpoint: str):
+    """A ``SamPredictor`` for (model type, checkpoint file), loaded once per process (failures not cached)."""
+    from segment_anything import SamPredictor, sam_model_registry  # lazy: optional extra
+
+    if model_type not in sam_model_registry:
+        raise InputError(f"unknown sam_model_type {model_type!r}; one of {sorted(sam_model_registry)}")
+    try:
+        sam = sam_model_registry[model_type](checkpoint=checkpoint)
+    except Exception as err:  # noqa: BLE001
+        raise InputError(f"could not load SAM checkpoint {checkpoint} as {model_type} ({type(err).__name__})") \
+            from None
+    return SamPredictor(sam)
+
+
+def _sam_prompt_box(rgb: np.ndarray, cfg: ForegroundConfig) -> np.ndarray:
+    """The box prompt: the OpenCV method's rough mask (or the whole picture) plus ``sam_box_margin``."""
+    h, w = rgb.shape[:2]
+    rough = opencv_mask(rgb, cfg)
+    if rough.any():
+        ys, xs = np.nonzero(rough)
+        box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], np.float32)
+    else:
+        box = np.array([0, 0, w - 1, h - 1], np.float32)
+    m = cfg.sam_box_margin * max(h, w)
+    return np.clip(box + np.array([-m, -m, m, m]), 0, [w - 1, h - 1, w - 1, h - 1]).astype(np.float32)
 
 
 def from_sam(image: np.ndarray, cfg: ForegroundConfig) -> Foreground:
@@ -170,30 +235,11 @@ def from_sam(image: np.ndarray, cfg: ForegroundConfig) -> Foreground:
     if not ckpt.is_file():
         raise InputError(f"SAM checkpoint not found: {ckpt}")
     if importlib.util.find_spec("segment_anything") is None:
-        raise InputError("foreground=sam needs the optional package `segment_anything` "
-                         "(pip install git+https://github.com/facebookresearch/segment-anything)")
-    from segment_anything import SamPredictor, sam_model_registry  # lazy: optional extra
-
-    if cfg.sam_model_type not in sam_model_registry:
-        raise InputError(f"unknown sam_model_type {cfg.sam_model_type!r}; one of {sorted(sam_model_registry)}")
+        raise InputError("foreground=sam needs the optional package segment_anything: pip install 'syncdreamer[sam]'")
+    predictor = sam_predictor(str(cfg.sam_model_type), str(ckpt.resolve()))
     rgb = np.ascontiguousarray(image[..., :3])
-    h, w = rgb.shape[:2]
-    rough = opencv_mask(rgb, cfg)
-    if rough.any():
-        ys, xs = np.nonzero(rough)
-        box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], np.float32)
-    else:
-        box = np.array([0, 0, w - 1, h - 1], np.float32)
-    m = cfg.sam_box_margin * max(h, w)
-    box = np.clip(box + np.array([-m, -m, m, m]), 0, [w - 1, h - 1, w - 1, h - 1]).astype(np.float32)
-    try:
-        sam = sam_model_registry[cfg.sam_model_type](checkpoint=str(ckpt))
-    except Exception as err:  # noqa: BLE001
-        raise InputError(f"could not load SAM checkpoint {ckpt} as {cfg.sam_model_type} ({type(err).__name__})") \
-            from None
-    predictor = SamPredictor(sam)
     predictor.set_image(rgb)
-    masks, scores, _ = predictor.predict(box=box, multimask_output=True)
+    masks, scores, _ = predictor.predict(box=_sam_prompt_box(rgb, cfg), multimask_output=True)
     mask = masks[int(np.argmax(scores))]
     return _finish(rgb, mask.astype(np.uint8) * 255, "sam", cfg)
 

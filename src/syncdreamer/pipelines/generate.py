@@ -34,18 +34,20 @@ import re
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from .elevation import METHODS as ELEVATION_METHODS
 from .elevation import ElevationConfig, estimate_elevation
 from .errors import InputError
 from .foreground import ForegroundConfig, extract_foreground
 from .preprocess import list_inputs, load_image, prepare_input
 from ..checkpoints import CheckpointError
+from ..config import dataclass_from
 from ..checkpoints import load_model as _project_load_model
 from .text2image import TextToImageConfig, load_text2image, text_to_image
 
@@ -74,15 +76,6 @@ class PreparedInput:
     foreground: str
     elevation: dict = field(default_factory=dict)
     rgba: np.ndarray | None = None   # the picture with the foreground mask as alpha, source resolution
-
-
-def _dataclass_from(cls, node):
-    node = dict(node or {})
-    names = {f.name for f in fields(cls)}
-    unknown = set(node) - names
-    if unknown:
-        raise InputError(f"unknown {cls.__name__} keys {sorted(unknown)}; valid: {sorted(names)}")
-    return cls(**node)
 
 
 def _slug(text: str, length: int = 40) -> str:
@@ -126,42 +119,105 @@ def frame_input(item: PreparedInput, crop_size: int, image_size: int, elevation:
     item.image, item.framed = prepare_input(item.rgba, crop_size, image_size)
     if elevation is None:
         est = estimate_elevation(item.framed[..., 3] > alpha_threshold, elev_cfg)
-        item.elevation = {"elevation_deg": est.elevation_deg, "source": "estimated", "estimate": est.to_json()}
-        log.info("%s: estimated elevation %.1f deg (%s)", item.name, est.elevation_deg, est.method)
+        source = "fixed guess" if est.method == "fixed" else "estimated"
+        item.elevation = {"elevation_deg": est.elevation_deg, "source": source, "estimate": est.to_json()}
     else:
         item.elevation = {"elevation_deg": float(elevation), "source": "given"}
+    log.info("%s: input elevation %.1f deg (%s)", item.name, item.elevation["elevation_deg"], item.elevation["source"])
     return item
+
+
+#: Top-level options checked before any work: key -> (type, description of the valid values).
+OPTION_TYPES = {"sample_num": (int, "an integer >= 1"), "crop_size": (int, "-1 or a positive integer"),
+                "seed": (int, "an integer"), "sample_steps": (int, "a positive integer"),
+                "cfg_scale": (float, "a number"), "eta": (float, "a number >= 0"),
+                "decode_batch": (int, "a positive integer"), "overwrite": (bool, "true or false"),
+                "use_ema": (bool, "true or false")}
+
+
+def check_options(cfg) -> dict:
+    """The scalar options of ``conf/generate.yaml`` as Python values; InputError (one line) on a bad one."""
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_missing(cfg, "checkpoint") or not cfg.get("checkpoint"):
+        raise InputError("checkpoint=<path to syncdreamer-pretrain.ckpt or one of our checkpoints> is required")
+    out = {}
+    for key, (kind, what) in OPTION_TYPES.items():
+        value = cfg.get(key)
+        try:
+            ok = isinstance(value, bool) if kind is bool else not isinstance(value, bool)
+            out[key] = value if kind is bool else kind(value)
+            ok = ok and (kind is not int or float(value) == out[key])
+        except (TypeError, ValueError, OverflowError):
+            ok = False
+        if not ok:
+            raise InputError(f"{key}={value} is invalid: it must be {what}")
+    checks = {"sample_num": out["sample_num"] >= 1, "sample_steps": out["sample_steps"] >= 1,
+              "crop_size": out["crop_size"] == -1 or out["crop_size"] > 0, "eta": out["eta"] >= 0,
+              "decode_batch": out["decode_batch"] >= 1}
+    for key, ok in checks.items():
+        if not ok:
+            raise InputError(f"{key}={cfg.get(key)} is invalid: it must be {OPTION_TYPES[key][1]}")
+    return out
+
+
+def _prompts(cfg) -> list[str]:
+    prompts = cfg.get("prompt")
+    return [] if prompts is None else ([prompts] if isinstance(prompts, str) else [str(p) for p in prompts])
+
+
+def input_names(paths, prompts) -> list[str]:
+    """The output folder name of each input (file stem, ``prompt_<slug>``), made unique in order."""
+    taken: set[str] = set()
+    return [_unique(n, taken) for n in [p.stem for p in paths] + ["prompt_" + _slug(t) for t in prompts]]
+
+
+def output_folders(out_dir: Path, names, sample_num: int) -> list[Path]:
+    """Every folder a run writes: ``<name>`` for sample 0, ``<name>_s<k>`` for sample k >= 1."""
+    return [Path(out_dir) / (n if k == 0 else f"{n}_s{k}") for n in names for k in range(sample_num)]
+
+
+def check_outputs_free(cfg, sample_num: int) -> None:
+    """With ``overwrite=false``, InputError when any output folder of the run exists (before any work)."""
+    if bool(cfg.get("overwrite", True)):
+        return
+    names = input_names(list_inputs(cfg.get("input")), _prompts(cfg))
+    taken = [f for f in output_folders(Path(str(cfg.output_dir)).expanduser(), names, sample_num) if f.exists()]
+    if taken:
+        more = f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""
+        raise InputError(f"output folder exists: {taken[0]}{more}; set overwrite=true or choose another output_dir")
 
 
 def collect_inputs(cfg, image_size: int, device: torch.device) -> list[PreparedInput]:
     """All inputs of the run (``input`` files/folders and ``prompt`` strings), checked and prepared."""
-    fg_cfg = _dataclass_from(ForegroundConfig, cfg.get("foreground_options"))
-    elev_cfg = _dataclass_from(ElevationConfig, cfg.get("elevation_estimate"))
+    fg_cfg = dataclass_from(ForegroundConfig, cfg.get("foreground_options"), InputError, section="foreground_options")
+    elev_cfg = dataclass_from(ElevationConfig, cfg.get("elevation_estimate"), InputError, section="elevation_estimate")
+    if elev_cfg.method not in ELEVATION_METHODS:
+        raise InputError(f"elevation_estimate.method={elev_cfg.method} is invalid: use one of "
+                         f"{', '.join(ELEVATION_METHODS)}")
     elevation = validate_elevation(cfg.get("elevation"), cfg.get("elevation_limits") or (-90.0, 90.0))
-    paths = list_inputs(cfg.get("input"))
-    prompts = cfg.get("prompt")
-    prompts = [] if prompts is None else ([prompts] if isinstance(prompts, str) else [str(p) for p in prompts])
+    paths, prompts = list_inputs(cfg.get("input")), _prompts(cfg)
     if not paths and not prompts:
         raise InputError("nothing to generate: give input=<image|folder> and/or prompt=\"...\"")
+    names = input_names(paths, prompts)
     method = str(cfg.get("foreground", "auto"))
-    taken: set[str] = set()
+    crop_size = int(cfg.crop_size)
     out = []
-    for path in paths:
+    for name, path in zip(names, paths):
         picture = load_image(path)
         try:
-            out.append(prepare_one(_unique(path.stem, taken), str(path), picture, method, fg_cfg,
-                                   int(cfg.crop_size), image_size, elevation, elev_cfg))
+            out.append(prepare_one(name, str(path), picture, method, fg_cfg, crop_size, image_size, elevation,
+                                   elev_cfg))
         except InputError as err:
             raise InputError(f"{path}: {err}") from None
     if prompts:
-        t2i = _dataclass_from(TextToImageConfig, cfg.get("text2image"))
+        t2i = dataclass_from(TextToImageConfig, cfg.get("text2image"), InputError, section="text2image")
         pipe = load_text2image(t2i, device)
-        for prompt in prompts:
+        for name, prompt in zip(names[len(paths):], prompts):
             picture = text_to_image(prompt, t2i, device, int(cfg.seed), pipe=pipe)
             try:
-                out.append(prepare_one(_unique("prompt_" + _slug(prompt), taken), f"prompt: {prompt}", picture,
-                                       "auto" if method == "alpha" else method, fg_cfg, int(cfg.crop_size),
-                                       image_size, elevation, elev_cfg))
+                out.append(prepare_one(name, f"prompt: {prompt}", picture, "auto" if method == "alpha" else method,
+                                       fg_cfg, crop_size, image_size, elevation, elev_cfg))
             except InputError as err:
                 raise InputError(f"prompt {prompt!r}: {err}") from None
         del pipe
@@ -173,16 +229,25 @@ def collect_inputs(cfg, image_size: int, device: torch.device) -> list[PreparedI
 # ----------------------------------------------------------------------------------------------------------
 # model, sampler, precision
 # ----------------------------------------------------------------------------------------------------------
-def load_model(checkpoint: str | Path, model_cfg):
+def load_model(checkpoint: str | Path, model_cfg, use_ema: bool = True):
     """checkpoint path + model config -> SyncDreamer (eval) via :func:`syncdreamer.checkpoints.load_model`
-    (official ckpt, or ours whose stored config wins); CheckpointError (one line) on any problem."""
+    (official ckpt, or ours whose stored config and EMA weights win); CheckpointError (one line) on any problem.
+    ``model.checkpoint_info["weights"]`` says whether the EMA (``ema``) or the trained (``raw``) weights are in."""
     try:
-        model = _project_load_model(checkpoint, model_cfg)
+        model = _project_load_model(checkpoint, model_cfg, use_ema=use_ema)
     except FileNotFoundError as err:
         raise CheckpointError(f"checkpoint not found: {err.filename or checkpoint}") from None
     if model.first_stage_model is None or model.clip_image_encoder is None:
         raise CheckpointError("generation needs the VAE and CLIP: the model config must have `vae` and `clip`")
     return model.eval()
+
+
+def weights_json(model) -> dict:
+    """Which weights a loaded model holds, for ``cameras.json``: ``{"checkpoint", "weights", "ema_available",
+    "global_step"}``."""
+    info = dict(getattr(model, "checkpoint_info", None) or {})
+    return {"checkpoint": info.get("path"), "weights": info.get("weights", "raw"),
+            "ema_available": bool(info.get("ema_available", False)), "global_step": info.get("global_step")}
 
 
 def build_sampler(sampler_cfg, model):
@@ -306,22 +371,19 @@ def write_view_set(folder: Path, views: np.ndarray, item: PreparedInput, meta: d
 
 def run(cfg) -> list[Path]:
     """Run a whole ``conf/generate.yaml`` config; returns the written folders. Raises USER_ERRORS on bad input."""
-    from omegaconf import OmegaConf
-
-    if OmegaConf.is_missing(cfg, "checkpoint") or not cfg.get("checkpoint"):
-        raise InputError("checkpoint=<path to syncdreamer-pretrain.ckpt or one of our checkpoints> is required")
-    sample_num = int(cfg.sample_num)
-    if sample_num < 1:
-        raise InputError(f"sample_num must be >= 1, got {sample_num}")
+    options = check_options(cfg)
+    sample_num = options["sample_num"]
+    check_outputs_free(cfg, sample_num)
     device = resolve_device(cfg.get("device", "auto"))
     autocast_context(device, str(cfg.precision))  # validate before any work
     image_size = int(cfg.model.get("image_size", 256))
     items = collect_inputs(cfg, image_size, device)
 
     t0 = time.perf_counter()
-    model = load_model(cfg.checkpoint, cfg.model).to(device)
+    model = load_model(cfg.checkpoint, cfg.model, use_ema=options["use_ema"]).to(device)
     if int(model.image_size) != image_size:  # our checkpoints carry their own config: frame for the model's size
-        elev_cfg = _dataclass_from(ElevationConfig, cfg.get("elevation_estimate"))
+        elev_cfg = dataclass_from(ElevationConfig, cfg.get("elevation_estimate"), InputError,
+                                  section="elevation_estimate")
         threshold = int((cfg.get("foreground_options") or {}).get("alpha_threshold", 0))
         given = validate_elevation(cfg.get("elevation"), cfg.get("elevation_limits") or (-90.0, 90.0))
         for item in items:
@@ -347,7 +409,7 @@ def run(cfg) -> list[Path]:
                 "sampler": sampler_name(sampler), "eta": float(cfg.eta),
                 "crop_size": int(cfg.crop_size), "precision": str(cfg.precision),
                 "foreground": {"method": item.foreground, "mask": "mask.png"},
-                "checkpoint": str(cfg.checkpoint),
+                "checkpoint": str(cfg.checkpoint), "model_weights": weights_json(model),
             }
             name = item.name if k == 0 else f"{item.name}_s{k}"
             written.append(write_view_set(out_dir / name, views[k], item, meta, int(cfg.output.gif_frame_ms),
@@ -364,5 +426,6 @@ def run_cli(cfg) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for f in folders:
-        print(f)
+        elevation = json.loads((f / "cameras.json").read_text())["input_view"]
+        print(f"{f}  (input elevation {elevation['elevation_deg']:.1f} deg, {elevation['source']})")
     return 0

@@ -257,24 +257,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def load_model_from_checkpoint(path, map_location="cpu", use_ema: bool = True, strict: bool = True):
-    """A trained :class:`~syncdreamer.models.SyncDreamer` from one of our Lightning checkpoints.
+    """A trained :class:`~syncdreamer.models.SyncDreamer` from one of our Lightning checkpoints, through the one
+    loader :func:`syncdreamer.checkpoints.load_model` (EMA weights when stored and ``use_ema``).
 
-    The model is rebuilt from the config stored in the checkpoint (``checkpoint["config"]["model"]``);
-    with ``use_ema`` and an EMA in the checkpoint the averaged weights replace the trained ones.
+    The model is rebuilt from the config stored in the checkpoint (``checkpoint["config"]["model"]``).
     Returns ``(model, config dict)``.
     """
-    from hydra.utils import instantiate
+    from ..checkpoints import load_model
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)  # our checkpoints hold plain data only
-    if "config" not in ckpt:
+    model = load_model(path, device=map_location, use_ema=use_ema, strict=strict)
+    config = model.checkpoint_info["config"]
+    if config is None:
         raise ValueError(f"{path} holds no run config (not a checkpoint of syncdreamer train.py)")
-    config = ckpt["config"]
-    model = instantiate(OmegaConf.create(config["model"]))
-    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    if use_ema and "ema" in ckpt:
-        state.update(ckpt["ema"]["shadow"])  # keyed by SyncDreamer parameter names
-    model.load_state_dict(state, strict=strict)
-    return model.eval(), config
+    return model, config

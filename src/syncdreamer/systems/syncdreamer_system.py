@@ -21,7 +21,7 @@ The random draws of a step come from :meth:`draw`; pass ``draws=`` to :meth:`com
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import to_plain
+from ..config import dataclass_from, to_plain
 from ..diffusion.sampler import SyncDDIMSampler
 from ..models.syncdreamer import Condition, SyncDreamer
 from .ema import ParameterEMA
@@ -76,17 +76,6 @@ class ValidationConfig:
     save_images: bool = True           # PNG grids under <run dir>/images/val/
 
 
-def _typed(cls, value):
-    if isinstance(value, cls):
-        return value
-    value = dict(value or {})
-    names = {f.name for f in fields(cls)}
-    unknown = set(value) - names
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys {sorted(unknown)}; valid keys: {sorted(names)}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
-
-
 def warmup_factor(step: int, warmup_steps: int, start: float) -> float:
     """LR factor: linear from ``start`` (step 0) to 1 at ``warmup_steps``, then 1 (official LambdaLinearScheduler
     with f_max = f_min = 1)."""
@@ -117,8 +106,8 @@ class SyncDreamerSystem(L.LightningModule):
         if not isinstance(model, SyncDreamer):
             raise TypeError(f"model must be a syncdreamer.models.SyncDreamer, got {type(model).__name__}")
         self.model = model
-        self.optim = _typed(OptimConfig, optimizer)
-        self.val_cfg = _typed(ValidationConfig, validation)
+        self.optim = dataclass_from(OptimConfig, optimizer)
+        self.val_cfg = dataclass_from(ValidationConfig, validation)
         self.finetune_unet, self.drop_conditions, self.vae_chunk = bool(finetune_unet), bool(drop_conditions), int(vae_chunk)
         self.train_volume = bool(model.unet_config.depth_attention)
         model.freeze_for_training(finetune_unet=self.finetune_unet)
