@@ -87,6 +87,8 @@ class Studio:
     def load(cls, cfg) -> "Studio":
         checkpoint = resolve_checkpoint(cfg)
         device = resolve_device(cfg.get("device", "auto"))
+        if cfg.get("num_threads"):
+            torch.set_num_threads(_as_int(cfg.num_threads, "num_threads", minimum=1))
         t0 = time.perf_counter()
         model = load_model(checkpoint, cfg.model).to(device)
         log.info("model loaded from %s in %.1f s on %s", checkpoint, time.perf_counter() - t0, device)
