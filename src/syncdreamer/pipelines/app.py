@@ -43,6 +43,8 @@ from .preprocess import load_image
 
 log = logging.getLogger(__name__)
 
+ELEVATION_DECIMALS = 1  # the page shows the estimate rounded to this many decimals
+ELEVATION_SHOWN_TOLERANCE = 0.5 * 10 ** -ELEVATION_DECIMALS + 1e-9
 NO_CHECKPOINT = ("no checkpoint: pass checkpoint=<official syncdreamer-pretrain.ckpt or one of ours>, "
                  "or run `make demo` once to train the demo model (outputs/demo/demo.json)")
 
@@ -147,7 +149,8 @@ class Studio:
         if item is None:
             raise InputError("prepare an input first (upload an image)")
         cfg = self.job_cfg(elevation, steps, seed, cfg_scale)
-        if not math.isclose(cfg.elevation, item.elevation.get("elevation_deg", math.nan), abs_tol=1e-6):
+        shown = item.elevation.get("elevation_deg", math.nan)  # the page shows it rounded to 0.1 deg
+        if abs(float(cfg.elevation) - shown) > ELEVATION_SHOWN_TOLERANCE:  # edited on the page
             item.elevation = {**item.elevation, "elevation_deg": float(cfg.elevation), "source": "given"}
         sampler = build_sampler(cfg.sampler, self.model)
 
@@ -155,9 +158,13 @@ class Studio:
             if progress is not None:
                 progress((i + 1, total), desc="sampling the views", unit="steps")
 
-        views = generate_views(self.model, sampler, item.image, float(cfg.elevation), 1, int(cfg.seed), self.device,
+        views = generate_views(self.model, sampler, item.image, item.elevation["elevation_deg"], 1, int(cfg.seed), self.device,
                                str(cfg.precision), int(cfg.get("decode_batch", 16)), callback=step)
-        job = Path(str(cfg.output_dir)) / f"{time.strftime('%Y%m%d-%H%M%S')}_{item.name}"
+        stem = Path(str(cfg.output_dir)) / f"{time.strftime('%Y%m%d-%H%M%S')}_{item.name}"
+        job, k = stem, 1
+        while job.exists():  # two jobs within one second
+            k += 1
+            job = stem.with_name(f"{stem.name}_{k}")
         meta = view_set_meta(cfg, self.model, sampler, item)
         return write_view_set(job / "views", to_uint8(views)[0], item, meta, int(cfg.output.gif_frame_ms))
 
@@ -258,7 +265,7 @@ def make_handlers(studio: Studio) -> dict:
         mask = item.mask.astype(np.uint8) * 255
         status = (f"{item.source}: foreground by {item.foreground}, estimated elevation {est:.1f} deg "
                   "(edit it if it looks wrong)")
-        return item, mask, item.framed, round(float(est), 1), status
+        return item, mask, item.framed, round(float(est), ELEVATION_DECIMALS), status
 
     def generate(item, elevation, steps, seed, cfg_scale, progress=gr.Progress()):
         t0 = time.perf_counter()
@@ -344,8 +351,10 @@ def serve(cfg) -> int:
     except ImportError:
         print("error: the web app needs gradio: pip install 'syncdreamer[app]'", file=sys.stderr)
         return 2
+    host = str(cfg.get("host", "127.0.0.1"))
     try:
         port = _as_int(cfg.get("port", 7860), "port", minimum=0)
+        check_port(host, port)  # before the (slow) model load
         studio = Studio.load(cfg)
     except (InputError, CheckpointError) as err:
         print(f"error: {_first_line(err)}", file=sys.stderr)
@@ -355,10 +364,23 @@ def serve(cfg) -> int:
     page = build_ui(studio)
     page.queue(default_concurrency_limit=1)
     try:
-        page.launch(server_name=str(cfg.get("host", "127.0.0.1")), server_port=port, show_error=False,
-                    allowed_paths=[str(out)], inbrowser=False)
-    except OSError as err:
-        print(f"error: cannot serve on {cfg.get('host')}:{port} ({_first_line(err)}); pick another port=...",
-              file=sys.stderr)
+        page.launch(server_name=host, server_port=port, show_error=False, allowed_paths=[str(out)], inbrowser=False)
+    except OSError:
+        print(f"error: cannot serve on {host}:{port} (taken meanwhile?); pick another port=...", file=sys.stderr)
         return 2
     return 0
+
+
+def check_port(host: str, port: int) -> None:
+    """InputError (one line) when ``host:port`` cannot be bound (in use, or not an address of this machine)."""
+    import socket
+
+    if not 0 <= port <= 65535:
+        raise InputError(f"port must be in [0, 65535], got {port}")
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+    except OSError as err:
+        raise InputError(f"cannot serve on {host}:{port} ({err.strerror or err}); pick another port=... or host=...") \
+            from None
