@@ -158,8 +158,8 @@ class Studio:
             if progress is not None:
                 progress((i + 1, total), desc="sampling the views", unit="steps")
 
-        views = generate_views(self.model, sampler, item.image, item.elevation["elevation_deg"], 1, int(cfg.seed), self.device,
-                               str(cfg.precision), int(cfg.get("decode_batch", 16)), callback=step)
+        views = generate_views(self.model, sampler, item.image, item.elevation["elevation_deg"], 1, int(cfg.seed),
+                               self.device, str(cfg.precision), int(cfg.get("decode_batch", 16)), callback=step)
         stem = Path(str(cfg.output_dir)) / f"{time.strftime('%Y%m%d-%H%M%S')}_{item.name}"
         job, k = stem, 1
         while job.exists():  # two jobs within one second
@@ -198,7 +198,7 @@ class Studio:
 def _as_int(value, what: str, minimum: int | None = None) -> int:
     try:
         out = int(float(value))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InputError(f"{what} must be a whole number, got {value!r}") from None
     if out != float(value) or (minimum is not None and out < minimum):
         raise InputError(f"{what} must be a whole number" + (f" >= {minimum}" if minimum is not None else "")
@@ -270,7 +270,7 @@ def make_handlers(studio: Studio) -> dict:
     def generate(item, elevation, steps, seed, cfg_scale, progress=gr.Progress()):
         t0 = time.perf_counter()
         views_dir = studio.generate(item, elevation, steps, seed, cfg_scale, progress)
-        archive = shutil.make_archive(str(views_dir), "zip", root_dir=views_dir)
+        archive = shutil.make_archive(f"{views_dir.parent}_views", "zip", root_dir=views_dir)
         status = (f"{int(studio.model.view_num)} views at elevation {float(elevation):.1f} deg in "
                   f"{time.perf_counter() - t0:.1f} s -> {views_dir}")
         return str(views_dir), _gallery(views_dir, studio.model), str(views_dir / "turntable.gif"), [archive], status
@@ -311,7 +311,8 @@ def build_ui(studio: Studio):
                 crop = gr.Number(value=int(cfg.crop_size), precision=0, label="Crop size (object side in px; -1: pad)")
             with gr.Column():
                 with gr.Row():
-                    mask = gr.Image(label="Foreground mask", interactive=False, elem_id="mask", image_mode="L", height=220)
+                    mask = gr.Image(label="Foreground mask", interactive=False, elem_id="mask", image_mode="L",
+                                    height=220)
                     framed = gr.Image(label="Model input", interactive=False, elem_id="framed", image_mode="RGBA",
                                       height=220)
                 elevation = gr.Number(label="2. Elevation of the input view (deg): estimated, editable",
