@@ -18,11 +18,20 @@ and ``azimuth`` buffers of the official checkpoint (see ``tests/test_cameras.py`
 Converters: Blender / OpenGL camera-to-world matrices (camera looks along -z, y up) and Zero123's
 stored ``RT`` (world-to-camera in Blender's camera axes) convert to and from our poses here and only
 here.
+
+Exports for 3D tools (:func:`write_camera_exports`, written beside every ``cameras.json``): nerfstudio's
+``transforms.json`` (OpenGL camera-to-world ``transform_matrix``, ``fl_x, fl_y, cx, cy, w, h``) and a COLMAP
+text model ``colmap/{cameras,images,points3D}.txt`` (PINHOLE cameras; ``QW QX QY QZ TX TY TZ`` is our
+world-to-camera pose, COLMAP also using OpenCV camera axes). Both tools, like our renderers, put the
+top-left image corner at ``(0, 0)`` (pixel ``(x, y)`` covers ``[x, x + 1) x [y, y + 1)``) and the principal
+point of our rigs at ``(W/2, H/2)``, so intrinsics are written unchanged.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -47,6 +56,11 @@ __all__ = [
     "pose_to_blender_c2w",
     "zero123_rt_to_pose",
     "pose_to_zero123_rt",
+    "pose_to_colmap",
+    "colmap_to_pose",
+    "nerfstudio_transforms",
+    "colmap_text_model",
+    "write_camera_exports",
 ]
 
 # OpenCV camera axes = OpenGL/Blender camera axes with y and z flipped.
@@ -277,3 +291,97 @@ def zero123_rt_to_pose(rt) -> np.ndarray:
 def pose_to_zero123_rt(pose) -> np.ndarray:
     """OpenCV w2c (3,4) -> Zero123's ``RT`` (its own inverse: flip the y and z rows)."""
     return _FLIP_YZ @ np.asarray(pose, np.float64)[..., :3, :4]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Exports for other tools: nerfstudio transforms.json, COLMAP text model
+# ----------------------------------------------------------------------------------------------------------
+def pose_to_colmap(pose) -> tuple[np.ndarray, np.ndarray]:
+    """OpenCV w2c (3,4) -> COLMAP ``(qvec, tvec)``: unit quaternion ``(w, x, y, z)`` with ``w >= 0`` and (3,)."""
+    from scipy.spatial.transform import Rotation
+
+    pose = np.asarray(pose, np.float64)
+    x, y, z, w = Rotation.from_matrix(pose[:3, :3]).as_quat()
+    q = np.array([w, x, y, z])
+    return (q if q[0] >= 0 else -q), pose[:3, 3].copy()
+
+
+def colmap_to_pose(qvec, tvec) -> np.ndarray:
+    """COLMAP ``(qvec (w, x, y, z), tvec)`` -> OpenCV w2c (3,4) (the inverse of :func:`pose_to_colmap`)."""
+    from scipy.spatial.transform import Rotation
+
+    w, x, y, z = np.asarray(qvec, np.float64)
+    R = Rotation.from_quat([x, y, z, w]).as_matrix()
+    return np.concatenate([R, np.asarray(tvec, np.float64).reshape(3, 1)], 1)
+
+
+def _shared_intrinsics(Ks) -> bool:
+    Ks = np.asarray(Ks, np.float64)
+    return bool(np.allclose(Ks, Ks[:1], rtol=0, atol=1e-9))
+
+
+def nerfstudio_transforms(poses, Ks, width: int, height: int, files: list[str]) -> dict:
+    """nerfstudio ``transforms.json`` content for views ``files`` (paths relative to the json's folder).
+
+    Intrinsics go at the top level when every view shares them, else into each frame; ``transform_matrix``
+    is the OpenGL/Blender camera-to-world 4x4 of :func:`pose_to_blender_c2w` (world z-up, as ours)."""
+    poses, Ks = np.asarray(poses, np.float64), np.asarray(Ks, np.float64)
+    if not len(poses) == len(Ks) == len(files):
+        raise ValueError(f"{len(poses)} poses, {len(Ks)} intrinsics and {len(files)} files must match")
+
+    def intr(K):
+        return {"fl_x": float(K[0, 0]), "fl_y": float(K[1, 1]), "cx": float(K[0, 2]), "cy": float(K[1, 2]),
+                "w": int(width), "h": int(height)}
+
+    shared = _shared_intrinsics(Ks)
+    out = {"camera_model": "OPENCV", **(intr(Ks[0]) if shared else {}),
+           "k1": 0.0, "k2": 0.0, "p1": 0.0, "p2": 0.0, "frames": []}
+    for pose, K, name in zip(poses, Ks, files):
+        frame = {"file_path": str(name), "transform_matrix": pose_to_blender_c2w(pose).tolist()}
+        out["frames"].append(frame if shared else {**frame, **intr(K)})
+    return out
+
+
+def colmap_text_model(poses, Ks, width: int, height: int, files: list[str]) -> dict[str, str]:
+    """COLMAP text model ``{"cameras.txt", "images.txt", "points3D.txt"}`` (PINHOLE, one camera per distinct
+    K, no 2D points); image names are ``files`` (relative to the image folder given to COLMAP)."""
+    poses, Ks = np.asarray(poses, np.float64), np.asarray(Ks, np.float64)
+    if not len(poses) == len(Ks) == len(files):
+        raise ValueError(f"{len(poses)} poses, {len(Ks)} intrinsics and {len(files)} files must match")
+    cam_ids: list[int] = []
+    cam_lines: list[str] = []
+    distinct: list[np.ndarray] = []
+    for K in Ks:
+        match = [i for i, d in enumerate(distinct) if np.allclose(d, K, rtol=0, atol=1e-9)]
+        if not match:
+            distinct.append(K)
+            cam_lines.append(f"{len(distinct)} PINHOLE {int(width)} {int(height)} "
+                             + " ".join(repr(float(v)) for v in (K[0, 0], K[1, 1], K[0, 2], K[1, 2])))
+        cam_ids.append(match[0] + 1 if match else len(distinct))
+    img_lines = []
+    for i, (pose, cam_id, name) in enumerate(zip(poses, cam_ids, files)):
+        q, t = pose_to_colmap(pose)
+        img_lines += [f"{i + 1} {' '.join(repr(float(v)) for v in (*q, *t))} {cam_id} {name}", ""]
+    return {
+        "cameras.txt": "# Camera list with one line of data per camera:\n"
+                       "#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]\n"
+                       f"# Number of cameras: {len(distinct)}\n" + "\n".join(cam_lines) + "\n",
+        "images.txt": "# Image list with two lines of data per image:\n"
+                      "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME\n"
+                      "#   POINTS2D[] as (X, Y, POINT3D_ID)\n"
+                      f"# Number of images: {len(files)}, mean observations per image: 0\n" + "\n".join(img_lines),
+        "points3D.txt": "# 3D point list (empty: cameras only)\n",
+    }
+
+
+def write_camera_exports(folder, poses, Ks, width: int, height: int, files: list[str]) -> list:
+    """Write ``transforms.json`` and ``colmap/*.txt`` for the views ``files`` (relative to ``folder``) into
+    ``folder``; returns the written paths. COLMAP image names are relative to ``folder`` too."""
+    folder = Path(folder)
+    (folder / "colmap").mkdir(parents=True, exist_ok=True)
+    written = [folder / "transforms.json"]
+    written[0].write_text(json.dumps(nerfstudio_transforms(poses, Ks, width, height, files), indent=1))
+    for name, text in colmap_text_model(poses, Ks, width, height, files).items():
+        (folder / "colmap" / name).write_text(text)
+        written.append(folder / "colmap" / name)
+    return written

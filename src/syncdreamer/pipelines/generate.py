@@ -15,6 +15,8 @@ Output layout (one self-contained folder per input and sample)::
         mask.png                    the foreground mask at the input's own resolution
         cameras.json                rig (w2c OpenCV poses, K, azimuths, elevation), input elevation (given or
                                     estimated), foreground method, seed, cfg, steps, sampler
+        transforms.json             the same cameras for nerfstudio / instant-ngp (OpenGL camera-to-world)
+        colmap/                     the same cameras as a COLMAP text model (cameras.txt, images.txt, points3D.txt)
 
 Every folder is written under ``.<name>.partial`` and renamed when complete, so a failed run never leaves a
 folder that looks finished. All inputs are loaded and checked (image readable, foreground found, elevation
@@ -41,6 +43,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..cameras import write_camera_exports
 from .elevation import METHODS as ELEVATION_METHODS
 from .elevation import ElevationConfig, estimate_elevation
 from .errors import InputError
@@ -302,11 +305,13 @@ def maybe_compile(model, enabled: bool):
 # ----------------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def generate_views(model, sampler, image: torch.Tensor, elevation_deg: float, sample_num: int, seed: int,
-                   device: torch.device, precision: str = "fp32", decode_batch: int = 16) -> torch.Tensor:
+                   device: torch.device, precision: str = "fp32", decode_batch: int = 16,
+                   callback=None) -> torch.Tensor:
     """image (3, S, S) in [-1, 1] -> views (sample_num, N, 3, S, S) in [-1, 1] (float32, CPU).
 
     The condition (VAE latent with its own posterior noise per sample, CLIP embedding, view embeddings,
-    projected tokens) is computed once; the sampler then calls ``predict_eps`` once per step on all views.
+    projected tokens) is computed once; the sampler then calls ``predict_eps`` once per step on all views
+    (and ``callback(i, total, x)`` after each step, e.g. a progress bar).
     """
     g = torch.Generator(device=device).manual_seed(int(seed))
     images = image.to(device).unsqueeze(0).expand(sample_num, -1, -1, -1).contiguous()
@@ -315,7 +320,7 @@ def generate_views(model, sampler, image: torch.Tensor, elevation_deg: float, sa
     noise = torch.randn((sample_num, model.latent_channels, h, h), generator=g, device=device)
     with autocast_context(device, precision):
         cond = model.prepare_condition(images, elev, noise=noise)
-        latents = sampler.sample(cond, generator=g)
+        latents = sampler.sample(cond, generator=g, callback=callback)
         flat = latents.reshape(-1, *latents.shape[2:])
         step = max(1, int(decode_batch))
         decoded = torch.cat([model.decode_first_stage(flat[i:i + step]).float() for i in range(0, len(flat), step)])
@@ -344,6 +349,22 @@ def rig_json(model, elevation: dict) -> dict:
     }
 
 
+def view_set_meta(cfg, model, sampler, item: PreparedInput, sample_index: int = 0, sample_num: int = 1) -> dict:
+    """The ``cameras.json`` of one generated sample: rig, input elevation and the settings that made it."""
+    from ..diffusion.samplers_extra import sampler_name
+
+    return {
+        **rig_json(model, item.elevation),
+        "source": item.source,
+        "sample_index": sample_index, "sample_num": sample_num, "seed": int(cfg.seed),
+        "cfg_scale": float(cfg.cfg_scale), "sample_steps": int(cfg.sample_steps),
+        "sampler": sampler_name(sampler), "eta": float(cfg.eta),
+        "crop_size": int(cfg.crop_size), "precision": str(cfg.precision),
+        "foreground": {"method": item.foreground, "mask": "mask.png"},
+        "checkpoint": str(cfg.checkpoint), "model_weights": weights_json(model),
+    }
+
+
 def write_view_set(folder: Path, views: np.ndarray, item: PreparedInput, meta: dict, gif_frame_ms: int,
                    overwrite: bool = True) -> Path:
     """views uint8 (N, S, S, 3) -> the files of one folder (see module docstring), written atomically."""
@@ -363,6 +384,9 @@ def write_view_set(folder: Path, views: np.ndarray, item: PreparedInput, meta: d
     Image.fromarray(item.framed, "RGBA").save(tmp / "input.png")
     Image.fromarray(item.mask.astype(np.uint8) * 255, "L").save(tmp / "mask.png")
     (tmp / "cameras.json").write_text(json.dumps(meta, indent=1))
+    if "views" in meta:  # nerfstudio transforms.json + COLMAP text model of the same cameras
+        write_camera_exports(tmp, [v["pose_w2c"] for v in meta["views"]], [v["K"] for v in meta["views"]],
+                             views.shape[2], views.shape[1], [v["file"] for v in meta["views"]])
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)
@@ -390,8 +414,6 @@ def run(cfg) -> list[Path]:
             frame_input(item, int(cfg.crop_size), int(model.image_size), given, elev_cfg, threshold)
     maybe_compile(model, bool(cfg.get("compile", False)))
     sampler = build_sampler(cfg.sampler, model)
-    from ..diffusion.samplers_extra import sampler_name
-
     log.info("model loaded in %.1f s on %s", time.perf_counter() - t0, device)
     out_dir = Path(str(cfg.output_dir)).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -401,16 +423,7 @@ def run(cfg) -> list[Path]:
         views = to_uint8(generate_views(model, sampler, item.image, item.elevation["elevation_deg"], sample_num,
                                         int(cfg.seed), device, str(cfg.precision), int(cfg.get("decode_batch", 16))))
         for k in range(sample_num):
-            meta = {
-                **rig_json(model, item.elevation),
-                "source": item.source,
-                "sample_index": k, "sample_num": sample_num, "seed": int(cfg.seed),
-                "cfg_scale": float(cfg.cfg_scale), "sample_steps": int(cfg.sample_steps),
-                "sampler": sampler_name(sampler), "eta": float(cfg.eta),
-                "crop_size": int(cfg.crop_size), "precision": str(cfg.precision),
-                "foreground": {"method": item.foreground, "mask": "mask.png"},
-                "checkpoint": str(cfg.checkpoint), "model_weights": weights_json(model),
-            }
+            meta = view_set_meta(cfg, model, sampler, item, k, sample_num)
             name = item.name if k == 0 else f"{item.name}_s{k}"
             written.append(write_view_set(out_dir / name, views[k], item, meta, int(cfg.output.gif_frame_ms),
                                           bool(cfg.get("overwrite", True))))

@@ -6,6 +6,9 @@ chosen preset, extracts the mesh and writes into ``output_dir``::
     mesh.ply, mesh.glb     marching-cubes mesh with vertex colours (ply: world z-up; glb: glTF y-up)
     turntable.gif          the mesh ray-cast around the object (elevation 30 deg)
     recon.json             resolved settings, timings, mesh statistics
+    views/000.png ...      the views that were fitted (RGBA when they had alpha)
+    transforms.json        their cameras for nerfstudio / instant-ngp (:func:`syncdreamer.cameras.write_camera_exports`)
+    colmap/                their cameras as a COLMAP text model
 """
 from __future__ import annotations
 
@@ -15,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
+from syncdreamer.cameras import write_camera_exports
 from syncdreamer.recon.export import extract_mesh, save_mesh, turntable
 from syncdreamer.config import to_plain
 from syncdreamer.recon.io import compute_masks, composite_white, load_cameras, load_views
@@ -33,10 +38,12 @@ def _mask_source(spec):
 
 def reconstruct_views(views: np.ndarray, poses, Ks, recon_cfg: dict, output_dir, mask_source="auto",
                       mask_threshold: float = 0.05, device="auto", seed: int = 0, steps: int | None = None,
-                      formats=("ply", "glb"), turntable_format: str | None = "gif", log=print) -> dict:
+                      formats=("ply", "glb"), turntable_format: str | None = "gif", log=print,
+                      callback=None) -> dict:
     """Reconstruct from views (N, H, W, 3|4) in [0, 1] with cameras; returns a summary dict (paths, timings).
 
-    ``recon_cfg`` is a recon preset mapping (``conf/recon/*.yaml``)."""
+    ``recon_cfg`` is a recon preset mapping (``conf/recon/*.yaml``); ``callback(step, model)`` is passed to
+    :func:`~syncdreamer.recon.neus.fit_neus` (progress bars)."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = merge_config(DEFAULT_CONFIG, {k: v for k, v in recon_cfg.items() if k != "name"})
@@ -46,7 +53,8 @@ def reconstruct_views(views: np.ndarray, poses, Ks, recon_cfg: dict, output_dir,
     rgb = composite_white(views)
     dev = pick_device(device)
     t0 = time.time()
-    model = fit_neus(rgb, masks, poses, Ks, cfg, device=dev, seed=seed, steps=steps, log=log)
+    model = fit_neus(rgb, masks, poses, Ks, cfg, device=dev, seed=seed, steps=steps, log=log,
+                     callback=callback)
     t_fit = time.time() - t0
     m = cfg["mesh"]
     t1 = time.time()
@@ -60,6 +68,7 @@ def reconstruct_views(views: np.ndarray, poses, Ks, recon_cfg: dict, output_dir,
         files["turntable"] = str(turntable(mesh, out / f"turntable.{turntable_format}", int(t["frames"]), int(t["size"]),
                                            float(t["elevation_deg"]), float(t["distance"]), float(t["focal"]),
                                            int(t["fps"])))
+    files["cameras"] = [str(p) for p in write_views_and_cameras(out, views, poses, Ks)]
     summary = {"device": str(dev), "fit_seconds": round(t_fit, 2), "mesh_seconds": round(t_mesh, 2),
                "steps": int(steps if steps is not None else cfg["train"]["steps"]),
                "vertices": int(len(mesh.vertices)), "faces": int(len(mesh.faces)),
@@ -68,6 +77,15 @@ def reconstruct_views(views: np.ndarray, poses, Ks, recon_cfg: dict, output_dir,
     summary["mesh"] = mesh
     summary["model"] = model
     return summary
+
+
+def write_views_and_cameras(out: Path, views: np.ndarray, poses, Ks) -> list[Path]:
+    """views (N, H, W, 3|4) in [0, 1] -> ``out/views/NNN.png`` + transforms.json + colmap/ for them."""
+    (out / "views").mkdir(parents=True, exist_ok=True)
+    files = [f"views/{i:03d}.png" for i in range(len(views))]
+    for name, view in zip(files, views):
+        Image.fromarray((np.clip(view, 0, 1) * 255).round().astype(np.uint8)).save(out / name)
+    return write_camera_exports(out, poses, Ks, views.shape[2], views.shape[1], files)
 
 
 def reconstruct(cfg, log=print) -> dict:
