@@ -8,8 +8,8 @@ with timings and finally writes ``<output_dir>/report.html`` (:mod:`syncdreamer.
 from __future__ import annotations
 
 import json
+import math
 import os
-import pickle
 import shutil
 import subprocess
 import sys
@@ -91,11 +91,10 @@ def _held_out(state: DemoState, cfg) -> None:
     state.uid = cfg.object or uids[0]
     index = int(cfg.input_view)
     state.input_png = state.data_root / "input" / state.uid / f"{index:03d}.png"
-    with open(state.data_root / "input" / state.uid / "meta.pkl", "rb") as fh:
-        meta = pickle.load(fh)
-    import math
+    from ..data import layout
 
-    state.elevation_deg = round(math.degrees(float(meta[2][index])), 3)
+    meta = layout.read_meta(layout.meta_path(state.data_root, "input", state.uid))
+    state.elevation_deg = round(math.degrees(float(meta["elevations"][index])), 3)
 
 
 def stage_generate(state: DemoState, cfg) -> None:
@@ -159,7 +158,7 @@ def run_demo(cfg) -> Path:
     out = (out if out.is_absolute() else repo / out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     state = DemoState(out=out, repo=repo)
-    steps = [("train", "training the tiny model (experiment=smoke; renders its data with Blender on first use)",
+    steps = [("train", "training the tiny model (experiment=proxy, short cut; renders its data with Blender on first use)",
               stage_train),
              ("generate", "generating 16 views of a held-out object", stage_generate),
              ("reconstruct", "reconstructing a mesh with NeuS (fast preset)", stage_reconstruct),
