@@ -33,7 +33,13 @@ GenerateFn = Callable[[str, Path, Path, int], None]
 
 
 def list_objects(gt_dir, objects=None) -> list[str]:
-    """Object names: ``objects`` if given, else the sub-folders of ``<gt_dir>/target``."""
+    """Object names: ``objects`` if given (a list, or a ``.txt`` uid list file, relative to ``gt_dir`` or
+    absolute), else the sub-folders of ``<gt_dir>/target``."""
+    if isinstance(objects, (str, Path)) and str(objects).endswith(".txt"):
+        path = Path(objects) if Path(objects).is_absolute() else Path(gt_dir) / objects
+        if not path.is_file():
+            raise ValueError(f"objects={objects}: uid list {path} not found (prepare the data set first)")
+        return [u.strip() for u in path.read_text().splitlines() if u.strip()]
     if objects:
         return list(objects)
     d = Path(gt_dir) / "target"

@@ -133,3 +133,31 @@ def image_metrics(pred, gt, lpips_metric: LPIPSMetric | None = None, ssim_data_r
     if lpips_metric is not None:
         out["lpips"] = lpips_metric(pred, gt)
     return out
+
+
+def foreground_mask(views, white_threshold: float = 0.1) -> np.ndarray:
+    """Foreground masks (N, H, W) bool of views (N, H, W, 3|4): alpha > 0.5 for RGBA, else the pixels whose
+    darkest channel is more than ``white_threshold`` below white (views composited on white)."""
+    x = np.asarray(views)
+    x = x.astype(np.float64) / 255.0 if x.dtype == np.uint8 else x.astype(np.float64)
+    if x.ndim != 4 or x.shape[-1] not in (3, 4):
+        raise ValueError(f"expected views (N, H, W, 3|4), got shape {x.shape}")
+    if x.shape[-1] == 4:
+        return x[..., 3] > 0.5
+    return x.min(-1) < 1.0 - white_threshold
+
+
+def mask_iou(pred, gt, white_threshold: float = 0.1) -> np.ndarray:
+    """Per-view foreground-mask IoU (N,) of predicted views against ground truth (N, H, W, 3|4).
+
+    The prediction's mask comes from its pixels composited on white (alpha is ignored, so a generator's
+    own segmentation does not count); the ground truth's from its alpha (:func:`foreground_mask`).
+    Two empty masks give IoU 1."""
+    p = to_unit_rgb(pred).permute(0, 2, 3, 1).numpy()
+    g = np.asarray(gt)
+    if p.shape[:3] != g.shape[:3]:
+        raise ValueError(f"predicted views {p.shape[:3]} and ground truth {g.shape[:3]} differ in (N, H, W)")
+    pm, gm = foreground_mask(p, white_threshold), foreground_mask(g, white_threshold)
+    inter = (pm & gm).reshape(len(pm), -1).sum(1)
+    union = (pm | gm).reshape(len(pm), -1).sum(1)
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)

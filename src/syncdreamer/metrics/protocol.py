@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from syncdreamer.metrics import geometry as geo
-from syncdreamer.metrics.image import LPIPSMetric, psnr, ssim
+from syncdreamer.metrics.image import LPIPSMetric, mask_iou, psnr, ssim
 from syncdreamer.metrics.raycast import depth_to_points, mesh_points_from_rig
 
 __all__ = ["GSO_OBJECTS", "GSO_ROTATIONS_DEG", "gt_rotation_deg", "Sample", "find_samples", "evaluate_sample",
@@ -50,8 +50,9 @@ GSO_ROTATIONS_DEG = {
     "sorter": 112.5,
 }
 
-METRICS = ("psnr", "ssim", "lpips", "chamfer", "iou", "fscore")
-HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "chamfer": False, "iou": True, "fscore": True}
+METRICS = ("psnr", "ssim", "lpips", "chamfer", "iou", "fscore", "mask_iou")
+HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "chamfer": False, "iou": True, "fscore": True,
+                    "mask_iou": True}
 MESH_SUFFIXES = (".ply", ".obj", ".glb", ".gltf", ".stl")
 _VIEWS = re.compile(r"^\d{3}\.png$")
 
@@ -131,7 +132,7 @@ def evaluate_sample(pred_views: np.ndarray | None, gt_views: np.ndarray, *, pred
             row["errors"].append(f"{label}: {_one_line(e)}")
 
     want = set(metrics)
-    if want & {"psnr", "ssim", "lpips"}:
+    if want & {"psnr", "ssim", "lpips", "mask_iou"}:
         def img():
             if pred_views is None:
                 raise ValueError("no predicted views")
@@ -144,6 +145,8 @@ def evaluate_sample(pred_views: np.ndarray | None, gt_views: np.ndarray, *, pred
                 row["ssim"] = float(np.mean(ssim(pred_views, gt_views, ssim_data_range)))
             if "lpips" in want and lpips_metric is not None:
                 row["lpips"] = float(lpips_metric(pred_views, gt_views))
+            if "mask_iou" in want:  # foreground of the views vs GT alpha (proxy benchmark)
+                row["mask_iou"] = float(np.mean(mask_iou(pred_views, gt_views)))
         guard(img, "views")
     if want & {"chamfer", "fscore"}:
         def pts():

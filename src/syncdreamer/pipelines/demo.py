@@ -8,6 +8,7 @@ with timings and finally writes ``<output_dir>/report.html`` (:mod:`syncdreamer.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -159,7 +160,7 @@ def run_demo(cfg) -> Path:
     out = (out if out.is_absolute() else repo / out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     state = DemoState(out=out, repo=repo)
-    steps = [("train", "training the tiny model (experiment=smoke; renders its data with Blender on first use)",
+    steps = [("train", "training the tiny model (experiment=proxy, short cut; renders its data with Blender on first use)",
               stage_train),
              ("generate", "generating 16 views of a held-out object", stage_generate),
              ("reconstruct", "reconstructing a mesh with NeuS (fast preset)", stage_reconstruct),
