@@ -26,7 +26,7 @@ from syncdreamer import cameras  # noqa: E402
 from syncdreamer.data.mesh_io import normalization, normalize_points  # noqa: E402
 from syncdreamer.data.procedural import make_object  # noqa: E402
 from syncdreamer.metrics import geometry as G  # noqa: E402
-from syncdreamer.metrics import raycast as R  # noqa: E402
+from syncdreamer import raycast as R  # noqa: E402
 from syncdreamer.recon.export import extract_mesh  # noqa: E402
 from syncdreamer.recon.io import composite_white  # noqa: E402
 from syncdreamer.recon.neus import fit_neus, pick_device  # noqa: E402

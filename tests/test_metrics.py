@@ -7,7 +7,7 @@ import trimesh
 from syncdreamer import cameras
 from syncdreamer.metrics import geometry as G
 from syncdreamer.metrics import image as I
-from syncdreamer.metrics import raycast as R
+from syncdreamer import raycast as R
 
 
 def _views(seed=0, n=3, size=32):

@@ -14,7 +14,7 @@ from PIL import Image
 
 from syncdreamer import cameras
 from syncdreamer.metrics import geometry as G
-from syncdreamer.metrics import raycast as R
+from syncdreamer import raycast as R
 from syncdreamer.recon import fields, io
 from syncdreamer.recon.renderer import sample_pdf, sphere_near_far
 
@@ -33,13 +33,55 @@ def test_presets_match_official_numbers():
     assert (off["train"]["batch_rays"], off["train"]["fg_rays"], off["train"]["steps"]) == (3584, 512, 2000)
     assert off["train"]["lr"] == 5e-4 and off["mesh"]["resolution"] == 512
     assert fast["sdf"]["kind"] == "hashgrid" and fast["occupancy"] is not None
-    from syncdreamer.recon.neus import DEFAULT_CONFIG
-    for p in (off, fast):  # presets are complete: every section and key of the defaults
-        for k, v in DEFAULT_CONFIG.items():
-            assert k in p, k
-            if isinstance(v, dict) and k != "sdf" and p[k] is not None:
-                assert set(v) <= set(p[k]), (k, set(v) - set(p[k]))
-    assert off["sdf"] == DEFAULT_CONFIG["sdf"] and off["train"] == DEFAULT_CONFIG["train"]
+    from syncdreamer.recon.presets import SECTIONS, load_preset
+    for k in SECTIONS:  # presets are complete and share every key outside the field-specific sdf section
+        assert k in off and k in fast, k
+        if k not in ("sdf", "occupancy") and isinstance(off[k], dict):
+            assert set(off[k]) == set(fast[k]), (k, set(off[k]) ^ set(fast[k]))
+    assert load_preset("official") == off  # the library reads the same single source
+    assert off["train"]["ray_chunk"] and off["renderer"]["point_chunk"]  # official memory is bounded
+
+
+def test_recon_auto_picks_by_device_and_official_on_cpu_needs_allow_slow():
+    from syncdreamer.recon.presets import SlowPresetError, load_preset, resolve_preset
+
+    lines = []
+    cfg = resolve_preset({"name": "auto", "allow_slow": False}, torch.device("cpu"), log=lines.append)
+    assert cfg["name"] == "fast" and cfg["sdf"]["kind"] == "hashgrid"
+    assert len(lines) == 1 and "fast" in lines[0]
+    cfg = resolve_preset({"name": "auto", "allow_slow": False}, torch.device("cuda"), log=lines.append)
+    assert cfg["name"] == "official" and cfg["sdf"]["kind"] == "mlp" and "official" in lines[-1]
+    with pytest.raises(SlowPresetError, match=r"about 2\.0 h .*recon\.allow_slow=true"):
+        resolve_preset(load_preset("official"), torch.device("cpu"), lambda c, d: 7200.0, log=None)
+    ok = resolve_preset({**load_preset("official"), "allow_slow": True}, torch.device("cpu"), log=None)
+    assert ok["name"] == "official"
+    with pytest.raises(ValueError, match="lacks"):
+        resolve_preset({"name": "custom", "sdf": {}}, torch.device("cpu"), log=None)
+
+
+def test_ray_chunks_give_the_gradient_of_the_whole_batch():
+    """train.ray_chunk only bounds memory: the accumulated gradient equals the unchunked one (same rays)."""
+    from syncdreamer.recon.neus import NeuSModel, _train_step
+
+    cfg = preset("official")
+    cfg["sdf"].update(hidden_dim=64, n_layers=4, skip_layers=[2], feature_dim=16)
+    cfg["color"]["hidden_dim"] = 32
+    cfg["train"]["eikonal_weight"] = 0.0  # the eikonal term is a mean per chunk; the others add up exactly
+    cfg["renderer"].update(n_samples=8, n_importance=8, up_sample_steps=2, perturb=False, point_chunk=37)
+    rig = cameras.make_rig(n_views=2, image_size=16, focal=17.5)
+    o, d = cameras.pixel_rays(torch.as_tensor(rig.poses[0], dtype=torch.float32),
+                              torch.as_tensor(rig.Ks[0], dtype=torch.float32), 16, 16)
+    rays = (o, d, torch.rand(len(o), 3), (torch.rand(len(o)) > 0.5).float())
+    idx = torch.arange(0, 256, 3)
+    grads = []
+    for chunk in (None, 10):
+        torch.manual_seed(0)
+        model = NeuSModel({**cfg, "train": {**cfg["train"], "ray_chunk": chunk}})
+        model.zero_grad()
+        _train_step(model, rays, idx, 0.5, model.cfg["train"])
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert grads[0].abs().max() > 0
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-7)
 
 
 def test_sdf_inits_are_spheres_with_unit_gradient():

@@ -2,7 +2,6 @@
 
 * :mod:`.image` -- PSNR, SSIM (torchmetrics), LPIPS-VGG (``lpips`` package) on views composited on white.
 * :mod:`.geometry` -- Chamfer (voxel 0.01, Euclidean, symmetric mean), Volume IoU (64^3), F-score.
-* :mod:`.raycast` -- CPU ray casting (trimesh + Embree) of RGBA / depth, depth back-projection.
 * :mod:`.protocol` -- GSO object list and rotation table, prediction layouts, per-sample evaluation, reports.
 * :mod:`.benchmark` -- the ``evaluate.py`` driver (generate hook, reconstruct, CSV / markdown / W&B).
 """

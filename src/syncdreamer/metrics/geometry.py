@@ -124,7 +124,7 @@ def grid_centers(resolution: int = 64, bound: float = 0.6) -> np.ndarray:
 
 
 def _contains(mesh: trimesh.Trimesh, pts: np.ndarray) -> np.ndarray:
-    from syncdreamer.metrics.raycast import has_embree, ray_intersector
+    from syncdreamer.raycast import has_embree, ray_intersector
     if has_embree():
         return ray_intersector(mesh).contains_points(pts)
     return mesh.contains(pts)

@@ -28,7 +28,7 @@ import numpy as np
 
 from syncdreamer.metrics import geometry as geo
 from syncdreamer.metrics.image import LPIPSMetric, psnr, ssim
-from syncdreamer.metrics.raycast import depth_to_points, mesh_points_from_rig
+from syncdreamer.raycast import depth_to_points, mesh_points_from_rig
 
 __all__ = ["GSO_OBJECTS", "GSO_ROTATIONS_DEG", "gt_rotation_deg", "Sample", "find_samples", "evaluate_sample",
            "METRICS", "HIGHER_IS_BETTER", "summarize", "write_csv", "markdown_summary"]

@@ -1,7 +1,8 @@
 """CPU ray casting of triangle meshes: RGBA, depth and back-projected points at a camera rig.
 
-Used by the Chamfer protocol (depth at the 16 fixed views, back-projected to points) and as a
-Blender-free renderer for tests and turntables. Ray casting goes through ``trimesh``'s intersector,
+A bottom-level module (it imports only :mod:`syncdreamer.cameras`), shared by the Chamfer protocol of
+:mod:`syncdreamer.metrics` (depth at the 16 fixed views, back-projected to points) and the turntables of
+:mod:`syncdreamer.recon.export`, and a Blender-free renderer for tests. Ray casting goes through ``trimesh``'s intersector,
 which uses Embree (the ``embreex`` package) when it is installed and trimesh's pure-Python BVH
 otherwise (correct, but ~100x slower: 16 views at 256 px take minutes instead of about a second).
 
