@@ -27,8 +27,8 @@ from typing import Callable
 from syncdreamer.config import to_plain
 from syncdreamer.metrics import geometry as geo
 from syncdreamer.metrics.image import LPIPSMetric
-from syncdreamer.metrics.protocol import (METRICS, _one_line, evaluate_sample, find_samples,
-                                          gt_points_from_depth, gt_rotation_deg, markdown_summary, summarize,
+from syncdreamer.metrics.protocol import (GSO_PREP_MARKER, METRICS, _one_line, evaluate_sample, find_samples,
+                                          gso_canonical_mesh, gt_points_from_depth, gt_rotation_deg, markdown_summary, summarize,
                                           write_csv)
 from syncdreamer.recon.io import load_cameras, load_views
 
@@ -48,14 +48,17 @@ def list_objects(gt_dir, objects=None) -> list[str]:
 
 
 def _gt_mesh(gt_dir: Path, name: str, cfg: dict):
+    """The GT mesh in the rig frame (normalised unless ``gt_normalize=false``; GSO rotation with
+    ``gt_rotation``), or None when ``<gt_dir>/meshes`` has none."""
     folder = gt_dir / "meshes"
+    table = cfg.get("gt_rotation")
     for s in (".ply", ".obj", ".glb", ".gltf", ".stl"):
         p = folder / f"{name}{s}"
         if p.is_file():
             m = geo.load_mesh(p)
             if cfg.get("gt_normalize", True):
-                m = geo.normalize_mesh(m)
-            return geo.rotate_z(m, gt_rotation_deg(name, cfg.get("gt_rotation")))
+                return gso_canonical_mesh(m, name, table)
+            return geo.rotate_z(m, gt_rotation_deg(name, table))
     return None
 
 
@@ -124,6 +127,9 @@ def _setup(cfg, generate_fn, reconstruct_fn, log) -> _Run:
     protocol = str(cfg.get("protocol", "official"))
     if protocol not in geo.IOU_PROTOCOLS:
         raise ValueError(f"protocol must be one of {list(geo.IOU_PROTOCOLS)}, got {protocol!r}")
+    if cfg.get("gt_rotation") not in (None, "none", False) and (Path(cfg["gt_dir"]) / GSO_PREP_MARKER).is_file():
+        raise ValueError(f"{cfg['gt_dir']} was prepared by data_prep/gso.py, which already applied the GSO rotation "
+                         "(once): evaluate it with gt_rotation=none")
     generate_fn = generate_fn or _build_generate_fn(cfg.get("generate"))
     out = Path(cfg["output_dir"])
     pred_dir = Path(cfg["predictions_dir"]) if cfg.get("predictions_dir") else None

@@ -30,7 +30,7 @@ from syncdreamer.metrics import geometry as geo
 from syncdreamer.metrics.image import LPIPSMetric, psnr, ssim
 from syncdreamer.raycast import depth_to_points, mesh_points_from_rig
 
-__all__ = ["GSO_OBJECTS", "GSO_ROTATIONS_DEG", "gt_rotation_deg", "Sample", "find_samples", "evaluate_sample",
+__all__ = ["GSO_OBJECTS", "GSO_ROTATIONS_DEG", "GSO_PREP_MARKER", "gso_canonical_mesh", "gt_rotation_deg", "Sample", "find_samples", "evaluate_sample",
            "METRICS", "HIGHER_IS_BETTER", "summarize", "write_csv", "markdown_summary"]
 
 #: The 30 GSO evaluation objects (names as listed by later papers).
@@ -54,6 +54,19 @@ METRICS = ("psnr", "ssim", "lpips", "chamfer", "iou", "fscore")
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "chamfer": False, "iou": True, "fscore": True}
 MESH_SUFFIXES = (".ply", ".obj", ".glb", ".gltf", ".stl")
 _VIEWS = re.compile(r"^\d{3}\.png$")
+
+
+#: Written by ``data_prep/gso.py`` into its output folder: the GSO rotation is already in those meshes/renders.
+GSO_PREP_MARKER = "gso_prep.json"
+
+
+def gso_canonical_mesh(mesh, name: str, table="gso"):
+    """The one place where the per-object GSO rotation is applied: ``mesh`` normalised (largest bbox side 1,
+    centred) and rotated about z by :func:`gt_rotation_deg` (``table="gso"``: :data:`GSO_ROTATIONS_DEG`).
+
+    ``data_prep/gso.py`` bakes it into the GT meshes and renders it writes (and leaves
+    :data:`GSO_PREP_MARKER`); ``evaluate.py gt_rotation=gso`` applies it to raw official meshes instead."""
+    return geo.rotate_z(geo.normalize_mesh(mesh), gt_rotation_deg(name, table))
 
 
 def gt_rotation_deg(name: str, table) -> float:
