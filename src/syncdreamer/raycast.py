@@ -109,6 +109,7 @@ def render_mesh(
     ambient: float = 0.35,
     supersample: int = 1,
     shade: bool = True,
+    shadows: bool = False,
 ) -> RenderResult:
     """Ray-cast ``mesh`` at N cameras.
 
@@ -120,6 +121,7 @@ def render_mesh(
         ambient: ambient term; colour = base * (ambient + (1 - ambient) * max(0, n.l)).
         supersample: s > 1 casts s x s rays per pixel and averages RGBA (anti-aliased alpha); depth and
             normal come from the centre-most sub-ray.
+        shadows: cast shadows: a hit point whose ray towards the light meets the mesh gets the ambient term only.
     Returns:
         :class:`RenderResult`.
     """
@@ -154,6 +156,14 @@ def render_mesh(
             base = _surface_colors(mesh, face[hit], pts[hit])
             if shade:
                 lam = np.clip(fn @ light, 0, None)
+                if shadows:
+                    lit = lam > 0
+                    occ = np.zeros_like(lit)
+                    if lit.any():
+                        p0 = pts[hit][lit] + 1e-4 * fn[lit]
+                        _, f2, _ = raycast_mesh(mesh, p0, np.broadcast_to(light, p0.shape).copy(), inter)
+                        occ[np.flatnonzero(lit)] = f2 >= 0
+                    lam = np.where(occ, 0.0, lam)
                 base = base * (ambient + (1 - ambient) * lam)[:, None]
             col[hit] = base
         z = np.where(hit, t * (d @ poses[i][2, :3]), 0.0)
