@@ -89,7 +89,7 @@ def memory_table(chunks, steps: int, device: str):
         print(f"| {r['chunk']} | {128 * r['chunk']} | {r['device']} | {mem} | {r['s_per_step'] / 2:.1f} |")
 
 
-def main():
+def parse_args():
     ap = argparse.ArgumentParser()
     ap.add_argument("--memory", action="store_true", help="peak memory of the official preset per ray chunk")
     ap.add_argument("--ray-chunks", nargs="+", type=int, default=[128, 256, 512, 1024])
@@ -103,7 +103,11 @@ def main():
     ap.add_argument("--official-probe-steps", type=int, default=3)
     ap.add_argument("--official-probe-ray-fraction", type=float, default=0.125,
                     help="CPU probe: run this fraction of the official rays per step and scale the time up")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main():
+    args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_worker is not None:

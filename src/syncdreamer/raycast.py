@@ -99,6 +99,17 @@ def _surface_colors(mesh: trimesh.Trimesh, face: np.ndarray, points: np.ndarray)
     return np.full((len(face), 3), 0.7)
 
 
+def _lambert(mesh, pts, normals, light, inter, shadows: bool) -> np.ndarray:
+    """max(0, n.l) (P,) at surface points (P, 3); 0 where a ray towards the light meets the mesh (``shadows``)."""
+    lam = np.clip(normals @ light, 0, None)
+    lit = lam > 0
+    if shadows and lit.any():
+        p0 = pts[lit] + 1e-4 * normals[lit]
+        _, face, _ = raycast_mesh(mesh, p0, np.broadcast_to(light, p0.shape).copy(), inter)
+        lam[np.flatnonzero(lit)[face >= 0]] = 0.0
+    return lam
+
+
 def render_mesh(
     mesh: trimesh.Trimesh,
     poses,
@@ -155,15 +166,7 @@ def render_mesh(
             nrm[hit] = fn
             base = _surface_colors(mesh, face[hit], pts[hit])
             if shade:
-                lam = np.clip(fn @ light, 0, None)
-                if shadows:
-                    lit = lam > 0
-                    occ = np.zeros_like(lit)
-                    if lit.any():
-                        p0 = pts[hit][lit] + 1e-4 * fn[lit]
-                        _, f2, _ = raycast_mesh(mesh, p0, np.broadcast_to(light, p0.shape).copy(), inter)
-                        occ[np.flatnonzero(lit)] = f2 >= 0
-                    lam = np.where(occ, 0.0, lam)
+                lam = _lambert(mesh, pts[hit], fn, light, inter, shadows)
                 base = base * (ambient + (1 - ambient) * lam)[:, None]
             col[hit] = base
         z = np.where(hit, t * (d @ poses[i][2, :3]), 0.0)
