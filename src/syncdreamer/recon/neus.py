@@ -213,7 +213,7 @@ def fit_neus(images: np.ndarray, masks: np.ndarray, poses: np.ndarray, Ks: np.nd
     return model
 
 
-def estimate_fit_seconds(cfg: dict, device, probe_rays: int = 32, seed: int = 0) -> float:
+def estimate_fit_seconds(cfg: dict, device, probe_rays: int = 8, seed: int = 0) -> float:
     """Seconds :func:`fit_neus` would take with ``cfg`` on ``device``: one training step on ``probe_rays``
     rays of a synthetic sphere (after one warm-up step), scaled to the full ray batch and ``train.steps``
     (the cost of a step is linear in the number of rays)."""
