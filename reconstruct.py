@@ -1,9 +1,11 @@
 """NeuS reconstruction of 16 views (Hydra config ``conf/reconstruct.yaml``).
 
-    python reconstruct.py views=<folder of 000..015.png | 256x4096 strip> output_dir=<dir> [recon=fast]
+    python reconstruct.py views=<folder of 000..015.png | 256x4096 strip> output_dir=<dir> [recon=auto|official|fast]
 
-Writes mesh.ply / mesh.glb (vertex colours), turntable.gif and recon.json into output_dir; the library is
-:mod:`syncdreamer.recon.pipeline`. Exit code 2 on bad input (one-line message).
+``recon=auto`` (default): the official NeuS preset on a GPU, the fast one on a CPU (one line says which);
+``recon=official`` on a CPU needs ``recon.allow_slow=true``. Writes mesh.ply / mesh.glb (vertex colours),
+turntable.gif and recon.json into output_dir; the library is :mod:`syncdreamer.recon.pipeline`. Exit code 2 on
+bad input or an unusable device (one-line message).
 """
 import sys
 from pathlib import Path
@@ -26,7 +28,7 @@ def main(cfg: DictConfig) -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     print(f"mesh: {summary['files'].get('ply') or summary['files']}  ({summary['faces']} faces, "
-          f"fit {summary['fit_seconds']} s on {summary['device']})")
+          f"preset {summary['preset']}, fit {summary['fit_seconds']} s on {summary['device']})")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from PIL import Image
 
 from syncdreamer import cameras
 from syncdreamer.metrics.benchmark import run_benchmark
-from syncdreamer.metrics.raycast import render_mesh
+from syncdreamer.raycast import render_mesh
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 64

@@ -7,7 +7,7 @@ import trimesh
 from syncdreamer import cameras
 from syncdreamer.metrics import geometry as G
 from syncdreamer.metrics import image as I
-from syncdreamer.metrics import raycast as R
+from syncdreamer import raycast as R
 
 
 def _views(seed=0, n=3, size=32):
@@ -113,8 +113,8 @@ def test_chamfer_identity_and_shifted_cube_matches_dense_sampling():
 
 def test_volume_iou_identity_and_shifted_cube():
     a, b = _cube(), _cube(0.1)
-    assert G.volume_iou(a, a)["iou"] == 1.0
-    got = G.volume_iou(a, b)["iou"]
+    assert G.volume_iou(a, a, "exact")["iou"] == 1.0
+    got = G.volume_iou(a, b, "exact")["iou"]
     # expectation on the same grid: cell centres inside each cube along x (y, z extents are identical)
     c = G.grid_centers(64, 0.6)[:, 0, 0, 0]
     ina, inb = np.abs(c) < 0.3, np.abs(c - 0.1) < 0.3
@@ -137,14 +137,66 @@ def test_volume_iou_non_watertight_fallback_and_failure():
     holed = trimesh.creation.box((0.6,) * 3).subdivide_to_size(0.012)
     holed.update_faces(np.arange(len(holed.faces))[1:])  # one triangle smaller than an IoU cell missing
     assert not holed.is_watertight
-    r = G.volume_iou(holed, a)
+    r = G.volume_iou(holed, a, "exact")
     assert r["iou_method"] == "floodfill/contains" and r["iou"] > 0.97
     open_box = trimesh.creation.box((0.6,) * 3)
     open_box.update_faces(np.arange(len(open_box.faces))[2:])  # a whole side missing
     with pytest.raises(G.GeometryError, match="not watertight"):
-        G.volume_iou(open_box, a)
+        G.volume_iou(open_box, a, "exact")
     with pytest.raises(G.GeometryError, match="not watertight"):
-        G.volume_iou(holed, a, allow_fallback=False)
+        G.volume_iou(holed, a, "exact", allow_fallback=False)
+
+
+def _iou_pairs():
+    """Three (pred, gt) pairs in the canonical frame: a box with a cylinder against a copy scaled by 1.08,
+    a shifted sphere against a box, a capsule against a rotated, shifted cylinder."""
+    top = trimesh.creation.cylinder(0.12, 0.3, sections=48)
+    top.apply_translation([0.1, 0, 0.31])  # a closed cylinder standing on (not in) the box
+    body = trimesh.util.concatenate([trimesh.creation.box((0.6, 0.4, 0.3)), top])
+    big = body.copy()
+    big.apply_scale(1.08)
+    sphere = trimesh.creation.icosphere(4, radius=0.35)
+    sphere.apply_translation([0.05, -0.03, 0.02])
+    box = trimesh.creation.box((0.5, 0.7, 0.4))
+    caps = trimesh.creation.capsule(0.5, 0.18, count=[24, 24])
+    caps.apply_translation([0, 0, -0.25])
+    cyl = trimesh.creation.cylinder(0.2, 0.6, sections=40)
+    cyl.apply_transform(trimesh.transformations.rotation_matrix(0.3, [1, 0, 0]))
+    cyl.apply_translation([0.04, 0.0, 0.03])
+    return [(big, body), (sphere, box), (caps, cyl)]
+
+
+def test_volume_iou_official_is_mesh2sdf_occupancy_and_differs_from_exact():
+    import mesh2sdf
+
+    pairs = _iou_pairs()
+    diffs = []
+    for pred, gt in pairs:
+        assert pred.is_watertight and gt.is_watertight
+        occ = [mesh2sdf.compute(m.vertices, m.faces, 64, fix=False) < 0 for m in (pred, gt)]
+        want = (occ[0] & occ[1]).sum() / (occ[0] | occ[1]).sum()
+        got = G.volume_iou(pred, gt, protocol="official")
+        assert got["protocol"] == "official" and got["iou"] == pytest.approx(want, abs=1e-6)
+        diffs.append(abs(got["iou"] - G.volume_iou(pred, gt, protocol="exact")["iou"]))
+    assert max(diffs) > 0.02, diffs  # the exact protocol is another grid and gives other numbers
+
+
+def test_mesh2sdf_grid_is_the_documented_lattice_over_minus_one_one():
+    """mesh2sdf's occupancy equals exact containment at the points -1 + 2 i / 64 (index order x, y, z), not at
+    cell centres: the grid documented in experiments/protocol.md."""
+    m = trimesh.creation.box((0.4, 0.6, 0.8))
+    m.apply_translation([0.3, -0.1, 0.05])  # asymmetric: a wrong axis order or offset shows
+    occ = G.mesh2sdf_occupancy(m)
+    pts = G.mesh2sdf_grid_points(64)
+    inside = (np.abs(pts - [0.3, -0.1, 0.05]) < np.array([0.2, 0.3, 0.4]) - 1e-6).all(-1)
+    boundary = (np.abs(np.abs(pts - [0.3, -0.1, 0.05]) - [0.2, 0.3, 0.4]) < 1e-6).any(-1)
+    assert np.array_equal(occ[~boundary], inside[~boundary])
+    centres = (np.arange(64) + 0.5) / 32 - 1
+    inside_c = (np.abs(np.stack(np.meshgrid(centres, centres, centres, indexing="ij"), -1) - [0.3, -0.1, 0.05])
+                < [0.2, 0.3, 0.4]).all(-1)
+    assert not np.array_equal(occ, inside_c)
+    with pytest.raises(G.GeometryError, match=r"\[-1, 1\]\^3"):
+        G.volume_iou(trimesh.creation.box((2.5, 0.2, 0.2)), m)
 
 
 def test_empty_points_and_unreadable_mesh(tmp_path):

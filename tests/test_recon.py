@@ -14,7 +14,7 @@ from PIL import Image
 
 from syncdreamer import cameras
 from syncdreamer.metrics import geometry as G
-from syncdreamer.metrics import raycast as R
+from syncdreamer import raycast as R
 from syncdreamer.recon import fields, io
 from syncdreamer.recon.renderer import sample_pdf, sphere_near_far
 
@@ -33,13 +33,55 @@ def test_presets_match_official_numbers():
     assert (off["train"]["batch_rays"], off["train"]["fg_rays"], off["train"]["steps"]) == (3584, 512, 2000)
     assert off["train"]["lr"] == 5e-4 and off["mesh"]["resolution"] == 512
     assert fast["sdf"]["kind"] == "hashgrid" and fast["occupancy"] is not None
-    from syncdreamer.recon.neus import DEFAULT_CONFIG
-    for p in (off, fast):  # presets are complete: every section and key of the defaults
-        for k, v in DEFAULT_CONFIG.items():
-            assert k in p, k
-            if isinstance(v, dict) and k != "sdf" and p[k] is not None:
-                assert set(v) <= set(p[k]), (k, set(v) - set(p[k]))
-    assert off["sdf"] == DEFAULT_CONFIG["sdf"] and off["train"] == DEFAULT_CONFIG["train"]
+    from syncdreamer.recon.presets import SECTIONS, load_preset
+    for k in SECTIONS:  # presets are complete and share every key outside the field-specific sdf section
+        assert k in off and k in fast, k
+        if k not in ("sdf", "occupancy") and isinstance(off[k], dict):
+            assert set(off[k]) == set(fast[k]), (k, set(off[k]) ^ set(fast[k]))
+    assert load_preset("official") == off  # the library reads the same single source
+    assert off["train"]["ray_chunk"] and off["renderer"]["point_chunk"]  # official memory is bounded
+
+
+def test_recon_auto_picks_by_device_and_official_on_cpu_needs_allow_slow():
+    from syncdreamer.recon.presets import SlowPresetError, load_preset, resolve_preset
+
+    lines = []
+    cfg = resolve_preset({"name": "auto", "allow_slow": False}, torch.device("cpu"), log=lines.append)
+    assert cfg["name"] == "fast" and cfg["sdf"]["kind"] == "hashgrid"
+    assert len(lines) == 1 and "fast" in lines[0]
+    cfg = resolve_preset({"name": "auto", "allow_slow": False}, torch.device("cuda"), log=lines.append)
+    assert cfg["name"] == "official" and cfg["sdf"]["kind"] == "mlp" and "official" in lines[-1]
+    with pytest.raises(SlowPresetError, match=r"about 2\.0 h .*recon\.allow_slow=true"):
+        resolve_preset(load_preset("official"), torch.device("cpu"), lambda c, d: 7200.0, log=None)
+    ok = resolve_preset({**load_preset("official"), "allow_slow": True}, torch.device("cpu"), log=None)
+    assert ok["name"] == "official"
+    with pytest.raises(ValueError, match="lacks"):
+        resolve_preset({"name": "custom", "sdf": {}}, torch.device("cpu"), log=None)
+
+
+def test_ray_chunks_give_the_gradient_of_the_whole_batch():
+    """train.ray_chunk only bounds memory: the accumulated gradient equals the unchunked one (same rays)."""
+    from syncdreamer.recon.neus import NeuSModel, _train_step
+
+    cfg = preset("official")
+    cfg["sdf"].update(hidden_dim=64, n_layers=4, skip_layers=[2], feature_dim=16)
+    cfg["color"]["hidden_dim"] = 32
+    cfg["train"]["eikonal_weight"] = 0.0  # the eikonal term is a mean per chunk; the others add up exactly
+    cfg["renderer"].update(n_samples=8, n_importance=8, up_sample_steps=2, perturb=False, point_chunk=37)
+    rig = cameras.make_rig(n_views=2, image_size=16, focal=17.5)
+    o, d = cameras.pixel_rays(torch.as_tensor(rig.poses[0], dtype=torch.float32),
+                              torch.as_tensor(rig.Ks[0], dtype=torch.float32), 16, 16)
+    rays = (o, d, torch.rand(len(o), 3), (torch.rand(len(o)) > 0.5).float())
+    idx = torch.arange(0, 256, 3)
+    grads = []
+    for chunk in (None, 10):
+        torch.manual_seed(0)
+        model = NeuSModel({**cfg, "train": {**cfg["train"], "ray_chunk": chunk}})
+        model.zero_grad()
+        _train_step(model, rays, idx, 0.5, model.cfg["train"])
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert grads[0].abs().max() > 0
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-7)
 
 
 def test_sdf_inits_are_spheres_with_unit_gradient():
@@ -127,7 +169,7 @@ def _accuracy(model, gt_mesh, rig, size, mesh_res=128):
     pred = extract_mesh(model, mesh_res, 0.6, colors=False)
     gt_pts = R.mesh_points_from_rig(gt_mesh, rig.poses, rig.Ks, size, size)
     pr_pts = R.mesh_points_from_rig(pred, rig.poses, rig.Ks, size, size)
-    return G.chamfer_distance(pr_pts, gt_pts)["chamfer"], G.volume_iou(pred, gt_mesh)["iou"]
+    return G.chamfer_distance(pr_pts, gt_pts)["chamfer"], G.volume_iou(pred, gt_mesh, "exact")["iou"]
 
 
 def _fit(steps, threads=1, **train):
@@ -174,7 +216,7 @@ def test_reconstruct_cli_end_to_end(tmp_path):
     cmd = [sys.executable, str(ROOT / "reconstruct.py"), f"views={tmp_path / 'strip.png'}", f"output_dir={out}",
            "recon=fast", "steps=3", "num_threads=1", "recon.mesh.resolution=32", "recon.turntable.frames=3",
            "recon.turntable.size=24", "recon.train.batch_rays=64", "recon.train.fg_rays=32"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     for f in ("mesh.ply", "mesh.glb", "turntable.gif", "recon.json"):
         assert (out / f).is_file(), f
@@ -186,26 +228,35 @@ def test_reconstruct_cli_end_to_end(tmp_path):
     assert info["steps"] == 3 and info["device"] == "cpu"
     # bad input: one clear line, exit code 2
     r = subprocess.run([sys.executable, str(ROOT / "reconstruct.py"), f"views={tmp_path / 'nope'}",
-                        f"output_dir={out}"], capture_output=True, text=True, timeout=120)
+                        f"output_dir={out}"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 2 and "views not found" in r.stderr
+    strip = f"views={tmp_path / 'strip.png'}"
+    if not torch.cuda.is_available():  # device=cuda without a GPU: one line, no traceback
+        r = subprocess.run([sys.executable, str(ROOT / "reconstruct.py"), strip, f"output_dir={out}", "device=cuda"],
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 2 and "no CUDA GPU" in r.stderr and "Traceback" not in r.stderr
+        # the official preset on a CPU: one line with the estimated time, nothing trained
+        r = subprocess.run([sys.executable, str(ROOT / "reconstruct.py"), strip, f"output_dir={tmp_path / 'o2'}",
+                            "recon=official", "num_threads=1"], capture_output=True, text=True, timeout=900)
+        assert r.returncode == 2 and "recon.allow_slow=true" in r.stderr and " h (" in r.stderr
+        assert "Traceback" not in r.stderr and not (tmp_path / "o2" / "mesh.ply").exists()
 
 
 @pytest.mark.slow
 @pytest.mark.blender
-def test_blender_render_to_neus_fast_preset_reaches_target_accuracy(tmp_path):
-    """The issue's acceptance run: the data pipeline renders a procedural object with Blender (official layout),
-    NeuS (fast preset, CPU) reconstructs it from the 16 target views and their stored cameras, and the mesh is
-    within Chamfer 0.02 / Volume IoU 0.7 of the true (normalised) mesh."""
+def test_blender_render_then_reconstruct_cli_auto_preset_reaches_target_accuracy(tmp_path):
+    """The issue's acceptance run: the data pipeline renders a procedural object with Blender (official layout);
+    ``reconstruct.py views=<the 16 target renders>`` with no other flag (recon=auto: fast on this CPU machine)
+    makes a mesh within Chamfer 0.02 (and exact Volume IoU 0.7) of the true (normalised) mesh. The wall time is
+    printed (README: under 3 minutes on the 2-core CPU machine), never asserted."""
     import os
-    import shutil
+    import time
 
     from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
 
     from syncdreamer.data import layout, procedural
     from syncdreamer.data.mesh_io import load_normalized_mesh
     from syncdreamer.data.render_driver import run_render
-    from syncdreamer.recon.neus import fit_neus
 
     if shutil.which("blender") is None:
         if os.environ.get("CI"):
@@ -213,20 +264,30 @@ def test_blender_render_to_neus_fast_preset_reaches_target_accuracy(tmp_path):
         pytest.skip("Blender not installed")
     meshes = procedural.make_procedural_set(tmp_path / "meshes", 1, seed=0, kinds=("toy",), formats=("glb",))
     out = tmp_path / "renders"
-    conf = str(Path(__file__).resolve().parents[1] / "conf")
-    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="render", overrides=[f"input={meshes[0]}", f"output_dir={out}", "preset=fast"])
     cfg = OmegaConf.to_container(cfg, resolve=False)
     cfg.pop("hydra", None)
     summary = run_render(cfg, log=lambda *a: None)
     assert not summary.get("failed"), summary
-    uid = meshes[0].stem
-    rgba = np.stack([layout.read_view_rgba(layout.view_path(out, "target", uid, i)) for i in range(16)])
-    rgba = rgba.astype(np.float32) / 255.0
-    poses, Ks = io.load_cameras(layout.meta_path(out, "target", uid), 16, rgba.shape[1])
-    cfg = preset("fast")
-    torch.manual_seed(0)
-    model = fit_neus(io.composite_white(rgba), rgba[..., 3], poses, Ks, cfg, device="cpu", log=None)
+    views = layout.view_path(out, "target", meshes[0].stem, 0).parent
+    t0 = time.time()
+    r = subprocess.run([sys.executable, str(ROOT / "reconstruct.py"), f"views={views}"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=1800)
+    wall = time.time() - t0
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "recon=auto: using the fast NeuS preset on cpu" in r.stdout
+    print(f"reconstruct.py (recon=auto -> fast, CPU) wall time {wall:.0f} s")
+    ply = sorted((tmp_path / "outputs" / "reconstruct").glob("*/mesh.ply"))
+    assert len(ply) == 1
+    info = json.loads((ply[0].parent / "recon.json").read_text())
+    assert info["preset"] == "fast" and info["device"] == "cpu"
+    pred = G.load_mesh(ply[0])
+    gt = load_normalized_mesh(meshes[0])[0]
     rig = cameras.make_rig()
-    cd, iou = _accuracy(model, load_normalized_mesh(meshes[0])[0], rig, 256, cfg["mesh"]["resolution"])
+    gt_pts = R.mesh_points_from_rig(gt, rig.poses, rig.Ks, 256, 256)
+    pr_pts = R.mesh_points_from_rig(pred, rig.poses, rig.Ks, 256, 256)
+    cd = G.chamfer_distance(pr_pts, gt_pts)["chamfer"]
+    iou = G.volume_iou(pred, gt, "exact")["iou"]
+    print(f"Chamfer {cd:.4f}  IoU(exact) {iou:.3f}  IoU(official) {G.volume_iou(pred, gt)['iou']:.3f}")
     assert cd < 0.02 and iou > 0.7, (cd, iou)

@@ -1,8 +1,12 @@
 """The benchmark driver behind ``evaluate.py`` (config ``conf/evaluate.yaml``).
 
-Stages per object: (optional) **generate** -> views of each sample; (optional) **reconstruct** -> a mesh
-for each sample that has none; **measure** -> one CSV row per sample. Then ``metrics.csv``,
-``summary.md`` and ``summary.json`` in ``output_dir`` and, with ``logger=wandb``, the same to W&B.
+Stages per object: **ground truth** (views, cameras, mesh, depth points); (optional) **generate** -> views
+of each sample; (optional) **reconstruct** -> a mesh for each sample that has none (NeuS preset
+``recon``, ``auto`` = official on a GPU, fast on a CPU); **measure** -> one CSV row per sample under
+``protocol`` (``official``: the paper's evaluation, Volume IoU with mesh2sdf; ``exact``: our finer IoU).
+Then ``metrics.csv``, ``summary.md`` and ``summary.json`` in ``output_dir`` (both with the provenance: protocol,
+NeuS preset and steps, sampler and steps, cfg scale, seeds, sample_num, package versions) and, with
+``logger=wandb``, the same to W&B.
 
 The generate stage is a plug-in: pass ``generate_fn`` to :func:`run_benchmark`, or set ``generate`` in
 the config to a Hydra ``_target_`` that builds one. Its signature is
@@ -13,17 +17,18 @@ viewpoint is target view 0). Without a generator, predictions are read from ``pr
 from __future__ import annotations
 
 import json
+import platform
 import time
+from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Callable
-
-import numpy as np
 
 from syncdreamer.config import to_plain
 from syncdreamer.metrics import geometry as geo
 from syncdreamer.metrics.image import LPIPSMetric
-from syncdreamer.metrics.protocol import (METRICS, Sample, _one_line, evaluate_sample, find_samples,
-                                          gt_points_from_depth, gt_rotation_deg, markdown_summary, summarize,
+from syncdreamer.metrics.protocol import (GSO_PREP_MARKER, METRICS, _one_line, evaluate_sample, find_samples,
+                                          gso_canonical_mesh, gt_points_from_depth, gt_rotation_deg, markdown_summary, summarize,
                                           write_csv)
 from syncdreamer.recon.io import load_cameras, load_views
 
@@ -49,14 +54,17 @@ def list_objects(gt_dir, objects=None) -> list[str]:
 
 
 def _gt_mesh(gt_dir: Path, name: str, cfg: dict):
+    """The GT mesh in the rig frame (normalised unless ``gt_normalize=false``; GSO rotation with
+    ``gt_rotation``), or None when ``<gt_dir>/meshes`` has none."""
     folder = gt_dir / "meshes"
+    table = cfg.get("gt_rotation")
     for s in (".ply", ".obj", ".glb", ".gltf", ".stl"):
         p = folder / f"{name}{s}"
         if p.is_file():
             m = geo.load_mesh(p)
             if cfg.get("gt_normalize", True):
-                m = geo.normalize_mesh(m)
-            return geo.rotate_z(m, gt_rotation_deg(name, cfg.get("gt_rotation")))
+                return gso_canonical_mesh(m, name, table)
+            return geo.rotate_z(m, gt_rotation_deg(name, table))
     return None
 
 
@@ -89,124 +97,256 @@ def _logger(cfg: dict, output_dir: Path):
                       config={k: v for k, v in cfg.items() if k not in ("logger", "paths")})
 
 
-def run_benchmark(cfg, generate_fn: GenerateFn | None = None, reconstruct_fn=None, log=print) -> dict:
-    """Run the protocol; returns ``{"rows": [...], "summary": {...}, "files": {...}}``.
+#: Packages whose versions go into the provenance of a report.
+VERSIONED_PACKAGES = ("syncdreamer", "torch", "numpy", "trimesh", "mesh2sdf", "torchmetrics", "lpips", "scipy",
+                      "embreex")
+GEOMETRY = {"chamfer", "iou", "fscore"}
 
-    ``reconstruct_fn(views (N,H,W,C), poses, Ks, out_dir) -> trimesh`` overrides the NeuS stage (tests)."""
+
+@dataclass
+class _Run:
+    """Everything one benchmark run needs, resolved once from the config."""
+
+    cfg: dict
+    gt_dir: Path
+    out: Path
+    metrics: tuple
+    n_views: int
+    protocol: str
+    pred_dir: Path | None
+    generate_fn: GenerateFn | None
+    reconstruct_fn: Callable | None
+    recon: dict | None
+    lpips: LPIPSMetric | None
+    wandb_run: object
+    log: Callable
+    generation: list = field(default_factory=list)
+
+
+def _setup(cfg, generate_fn, reconstruct_fn, log) -> _Run:
+    """Check the config and build the run (ValueError, one line, on a bad setting)."""
     cfg = dict(to_plain(cfg))
-    gt_dir = Path(cfg["gt_dir"])
-    out = Path(cfg["output_dir"])
-    out.mkdir(parents=True, exist_ok=True)
     metrics = tuple(cfg.get("metrics") or METRICS)
     unknown = set(metrics) - set(METRICS)
     if unknown:
         raise ValueError(f"unknown metrics {sorted(unknown)}; known: {list(METRICS)}")
-    n_views = int(cfg.get("n_views", 16))
+    protocol = str(cfg.get("protocol", "official"))
+    if protocol not in geo.IOU_PROTOCOLS:
+        raise ValueError(f"protocol must be one of {list(geo.IOU_PROTOCOLS)}, got {protocol!r}")
+    if cfg.get("gt_rotation") not in (None, "none", False) and (Path(cfg["gt_dir"]) / GSO_PREP_MARKER).is_file():
+        raise ValueError(f"{cfg['gt_dir']} was prepared by data_prep/gso.py, which already applied the GSO rotation "
+                         "(once): evaluate it with gt_rotation=none")
     generate_fn = generate_fn or _build_generate_fn(cfg.get("generate"))
+    out = Path(cfg["output_dir"])
     pred_dir = Path(cfg["predictions_dir"]) if cfg.get("predictions_dir") else None
     if generate_fn is None and pred_dir is None:
         raise ValueError("set predictions_dir (precomputed views) or a generate stage")
     if generate_fn is not None:
         pred_dir = out / "predictions"
+    recon = None
+    if cfg.get("reconstruct") and reconstruct_fn is None and set(metrics) & GEOMETRY:
+        from syncdreamer.devices import pick_device
+        from syncdreamer.recon.neus import estimate_fit_seconds
+        from syncdreamer.recon.presets import resolve_preset
+        recon = resolve_preset(cfg.get("recon") or {"name": "auto"}, pick_device(cfg.get("device", "auto")),
+                               estimate_fit_seconds, log=log)
+    out.mkdir(parents=True, exist_ok=True)
     lp = None
     if "lpips" in metrics:
         lc = cfg.get("lpips") or {}
         lp = LPIPSMetric(pretrained=bool(lc.get("pretrained", True)), device=lc.get("device", "cpu"))
-    run = _logger(cfg, out)
-    g = cfg.get("geometry") or {}
-    rows: list[dict] = []
-    for name in list_objects(gt_dir, cfg.get("objects")):
-        t_obj = time.time()
-        gt_folder = gt_dir / "target" / name
+    return _Run(cfg, Path(cfg["gt_dir"]), out, metrics, int(cfg.get("n_views", 16)), protocol, pred_dir,
+                generate_fn, reconstruct_fn, recon, lp, _logger(cfg, out), log)
+
+
+def _load_ground_truth(run: _Run, name: str) -> dict:
+    """GT views, cameras, mesh and depth points of one object (raises on unusable ground truth)."""
+    folder = run.gt_dir / "target" / name
+    views = load_views(folder, run.n_views)
+    meta = folder / "meta.pkl"
+    poses, Ks = load_cameras(meta if meta.is_file() else None, run.n_views, views.shape[1], run.cfg.get("rig"))
+    if views.shape[-1] == 4 and views[..., 3].max() <= 0:
+        raise ValueError("GT views have no foreground")
+    want = set(run.metrics)
+    mesh = _gt_mesh(run.gt_dir, name, run.cfg) if want & GEOMETRY else None
+    pts = None
+    if want & {"chamfer", "fscore"} and run.cfg.get("gt_points", "auto") in ("auto", "depth"):
+        pts = gt_points_from_depth(folder, poses, Ks)
+        if pts is None and run.cfg.get("gt_points") == "depth":
+            raise ValueError("gt_points=depth but the GT depth maps NNN_depth.png are missing")
+    return {"folder": folder, "views": views, "poses": poses, "Ks": Ks, "mesh": mesh, "points": pts}
+
+
+def _generate(run: _Run, name: str, input_png: Path) -> list[dict]:
+    """Run the generate stage for every seed (existing samples kept); returns failure rows."""
+    failed = []
+    for seed in run.cfg.get("seeds") or [0]:
+        d = run.pred_dir / name / str(seed)
+        if run.cfg.get("skip_existing", True) and d.is_dir() and any(d.iterdir()):
+            continue
+        d.mkdir(parents=True, exist_ok=True)
         try:
-            gt_views = load_views(gt_folder, n_views)
-            meta = gt_folder / "meta.pkl"
-            size = gt_views.shape[1]
-            poses, Ks = load_cameras(meta if meta.is_file() else None, n_views, size, cfg.get("rig"))
-            if gt_views.shape[-1] == 4 and gt_views[..., 3].max() <= 0:
-                raise ValueError("GT views have no foreground")
-            gt_mesh = _gt_mesh(gt_dir, name, cfg) if set(metrics) & {"iou", "chamfer", "fscore"} else None
-            gt_pts = None
-            if set(metrics) & {"chamfer", "fscore"} and cfg.get("gt_points", "auto") in ("auto", "depth"):
-                gt_pts = gt_points_from_depth(gt_folder, poses, Ks)
-                if gt_pts is None and cfg.get("gt_points") == "depth":
-                    raise ValueError("gt_points=depth but the GT depth maps NNN_depth.png are missing")
+            run.generate_fn(name, input_png, d, int(seed))
         except Exception as e:
-            rows.append({"object": name, "sample": "-", "status": "failed", "error": f"ground truth: {_one_line(e)}"})
-            log(f"[{name}] failed: {rows[-1]['error']}")
-            continue
-        if generate_fn is not None:
-            for seed in cfg.get("seeds") or [0]:
-                d = pred_dir / name / str(seed)
-                if not (cfg.get("skip_existing", True) and d.is_dir() and any(d.iterdir())):
-                    d.mkdir(parents=True, exist_ok=True)
-                    try:
-                        generate_fn(name, gt_folder / "000.png", d, int(seed))
-                    except Exception as e:
-                        rows.append({"object": name, "sample": str(seed), "status": "failed",
-                                     "error": f"generate: {_one_line(e)}"})
-        samples = find_samples(pred_dir, name)
-        if cfg.get("seeds") and generate_fn is None and cfg.get("filter_seeds", False):
-            samples = [s for s in samples if s.sample in {str(x) for x in cfg["seeds"]}]
-        if not samples:
-            rows.append({"object": name, "sample": "-", "status": "failed",
-                         "error": f"no predicted views under {pred_dir}/{name}"})
-            log(f"[{name}] failed: {rows[-1]['error']}")
-            continue
-        for s in samples:
-            t0 = time.time()
-            row = {"object": name, "sample": s.sample}
-            errors = []
-            pred_views = pred_mesh = None
+            failed.append({"object": name, "sample": str(seed), "status": "failed", "error": f"generate: {_one_line(e)}"})
+    return failed
+
+
+def _samples(run: _Run, name: str):
+    samples = find_samples(run.pred_dir, name)
+    if run.cfg.get("seeds") and run.generate_fn is None and run.cfg.get("filter_seeds", False):
+        samples = [s for s in samples if s.sample in {str(x) for x in run.cfg["seeds"]}]
+    for s in samples:
+        cams = (s.views if s.views.is_dir() else s.views.parent) / "cameras.json"
+        if cams.is_file():
             try:
-                pred_views = load_views(s.views, n_views)
-            except Exception as e:
-                errors.append(f"views: {_one_line(e)}")
-            try:
-                if s.mesh is not None:
-                    pred_mesh = geo.load_mesh(s.mesh)
-                elif cfg.get("reconstruct") and pred_views is not None and set(metrics) & {"chamfer", "iou", "fscore"}:
-                    rdir = out / "meshes" / name / s.sample
-                    if reconstruct_fn is not None:
-                        pred_mesh = reconstruct_fn(pred_views, poses, Ks, rdir)
-                    else:
-                        from syncdreamer.recon.pipeline import reconstruct_views
-                        r = cfg.get("recon") or {}
-                        pred_mesh = reconstruct_views(pred_views, poses, Ks, r, rdir, cfg.get("mask_source", "auto"),
-                                                      device=cfg.get("device", "auto"), seed=int(cfg.get("seed", 0)),
-                                                      turntable_format=None, formats=("ply",), log=None)["mesh"]
-            except Exception as e:
-                errors.append(f"mesh: {_one_line(e)}")
-            res = evaluate_sample(pred_views, gt_views, pred_mesh=pred_mesh, gt_mesh=gt_mesh, gt_points=gt_pts,
-                                  poses=poses, Ks=Ks, lpips_metric=lp, metrics=metrics,
-                                  voxel=float(g.get("voxel", 0.01)), fscore_threshold=float(g.get("fscore_threshold", 0.02)),
-                                  iou_resolution=int(g.get("iou_resolution", 64)), iou_bound=float(g.get("iou_bound", 0.6)),
-                                  iou_fallback=bool(g.get("iou_fallback", True)),
-                                  ssim_data_range=cfg.get("ssim_data_range"), depth_size=int(gt_views.shape[1]))
-            errors += res.pop("errors")
-            row.update(res)
-            row["status"] = "failed" if errors else "ok"
-            row["error"] = "; ".join(errors)
-            row["seconds"] = round(time.time() - t0, 2)
-            rows.append(row)
-            log(f"[{name}/{s.sample}] " + "  ".join(f"{m} {row[m]:.4f}" for m in metrics if m in row)
-                + (f"  FAILED: {row['error']}" if errors else ""))
-            if run is not None:
-                run.log({f"{name}/{m}": row[m] for m in metrics if m in row})
-        log(f"[{name}] {time.time() - t_obj:.1f} s")
-    summary = summarize([r for r in rows if r.get("sample") != "-"], metrics)
+                run.generation.append(json.loads(cams.read_text()))
+            except ValueError:
+                pass
+    return samples
+
+
+def _predicted_mesh(run: _Run, name: str, s, pred_views, gt: dict):
+    if s.mesh is not None:
+        return geo.load_mesh(s.mesh)
+    if not (run.cfg.get("reconstruct") and pred_views is not None and set(run.metrics) & GEOMETRY):
+        return None
+    rdir = run.out / "meshes" / name / s.sample
+    if run.reconstruct_fn is not None:
+        return run.reconstruct_fn(pred_views, gt["poses"], gt["Ks"], rdir)
+    from syncdreamer.recon.pipeline import reconstruct_views
+    return reconstruct_views(pred_views, gt["poses"], gt["Ks"], run.recon, rdir, run.cfg.get("mask_source", "auto"),
+                             device=run.cfg.get("device", "auto"), seed=int(run.cfg.get("seed", 0)),
+                             turntable_format=None, formats=("ply",), log=None)["mesh"]
+
+
+def _measure(run: _Run, name: str, s, gt: dict) -> dict:
+    """One CSV row: load the sample's views and mesh (reconstructing it when asked), then the metrics."""
+    t0 = time.time()
+    row, errors = {"object": name, "sample": s.sample}, []
+    pred_views = pred_mesh = None
+    try:
+        pred_views = load_views(s.views, run.n_views)
+    except Exception as e:
+        errors.append(f"views: {_one_line(e)}")
+    try:
+        pred_mesh = _predicted_mesh(run, name, s, pred_views, gt)
+    except Exception as e:
+        errors.append(f"mesh: {_one_line(e)}")
+    g = run.cfg.get("geometry") or {}
+    res = evaluate_sample(pred_views, gt["views"], pred_mesh=pred_mesh, gt_mesh=gt["mesh"], gt_points=gt["points"],
+                          poses=gt["poses"], Ks=gt["Ks"], lpips_metric=run.lpips, metrics=run.metrics,
+                          voxel=float(g.get("voxel", 0.01)), fscore_threshold=float(g.get("fscore_threshold", 0.02)),
+                          iou_resolution=int(g.get("iou_resolution", 64)), iou_bound=float(g.get("iou_bound", 0.6)),
+                          iou_fallback=bool(g.get("iou_fallback", True)), iou_protocol=run.protocol,
+                          ssim_data_range=run.cfg.get("ssim_data_range"), depth_size=int(gt["views"].shape[1]))
+    errors += res.pop("errors")
+    row.update(res)
+    row.update(status="failed" if errors else "ok", error="; ".join(errors), seconds=round(time.time() - t0, 2))
+    return row
+
+
+def _evaluate_object(run: _Run, name: str) -> list[dict]:
+    """All rows of one object (a single failure row when its ground truth or predictions are unusable)."""
+    try:
+        gt = _load_ground_truth(run, name)
+    except Exception as e:
+        return [{"object": name, "sample": "-", "status": "failed", "error": f"ground truth: {_one_line(e)}"}]
+    rows = _generate(run, name, gt["folder"] / "000.png") if run.generate_fn is not None else []
+    samples = _samples(run, name)
+    if not samples:
+        return rows + [{"object": name, "sample": "-", "status": "failed",
+                        "error": f"no predicted views under {run.pred_dir}/{name}"}]
+    for s in samples:
+        row = _measure(run, name, s, gt)
+        rows.append(row)
+        run.log(f"[{name}/{s.sample}] " + "  ".join(f"{m} {row[m]:.4f}" for m in run.metrics if m in row)
+                + (f"  FAILED: {row['error']}" if row["error"] else ""))
+        if run.wandb_run is not None:
+            run.wandb_run.log({f"{name}/{m}": row[m] for m in run.metrics if m in row})
+    return rows
+
+
+def _distinct(values) -> list:
+    out = []
+    for v in values:
+        if v is not None and v not in out:
+            out.append(v)
+    return out
+
+
+def provenance(run: _Run) -> dict:
+    """What produced the numbers: protocol, NeuS preset and steps, generation settings, package versions.
+
+    Generation settings come from each sample's ``cameras.json`` (written by ``generate.py``), else from the
+    config's ``generation`` block (declared by the user), else ``not recorded``."""
+    declared = run.cfg.get("generation") or {}
+    gen = run.generation
+
+    def field_(key, cfg_key=None):
+        vals = _distinct(m.get(key) for m in gen) or _distinct([declared.get(cfg_key or key)])
+        return vals if vals else "not recorded"
+
+    g = run.cfg.get("geometry") or {}
+    iou = ("mesh2sdf 64^3 over [-1, 1]^3, fix=False" if run.protocol == "official" else
+           f"exact {g.get('iou_resolution', 64)}^3 cell centres over [-{g.get('iou_bound', 0.6)}, {g.get('iou_bound', 0.6)}]^3")
+    versions = {}
+    for pkg in VERSIONED_PACKAGES:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = "not installed"
+    versions["python"] = platform.python_version()
+    recon = run.recon
+    return {
+        "protocol": run.protocol, "volume_iou": iou, "chamfer": f"depth points at the rig, voxel {g.get('voxel', 0.01)}",
+        "neus_preset": recon["name"] if recon else ("custom reconstruct_fn" if run.reconstruct_fn else "none (meshes given)"),
+        "neus_steps": int(recon["train"]["steps"]) if recon else None,
+        "sampler": field_("sampler"), "sample_steps": field_("sample_steps"), "cfg_scale": field_("cfg_scale"),
+        "seeds": _distinct(m.get("seed") for m in gen) or run.cfg.get("seeds") or "not recorded",
+        "sample_num": field_("sample_num"), "versions": versions,
+    }
+
+
+def _write_reports(run: _Run, rows: list[dict]) -> tuple[dict, dict]:
+    """metrics.csv, summary.md, summary.json (+ W&B); returns (summary, files)."""
+    summary = summarize([r for r in rows if r.get("sample") != "-"], run.metrics)
     summary["failed_objects"] = sorted({r["object"] for r in rows if r.get("status") == "failed"})
-    files = {"csv": str(write_csv(rows, out / "metrics.csv"))}
-    md = markdown_summary(summary, rows, metrics, cfg.get("title", "Benchmark"))
-    (out / "summary.md").write_text(md)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
-    files.update(markdown=str(out / "summary.md"), json=str(out / "summary.json"))
-    if run is not None:
-        import wandb
-        run.summary.update({f"mean/{k}": v for k, v in summary["mean"].items()})
-        run.summary.update({f"std/{k}": v for k, v in summary["std"].items()})
-        run.summary.update({f"best/{k}": v for k, v in summary["best"].items()})
-        cols = ["object", "sample", "status", *metrics, "error"]
-        run.log({"metrics": wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rows])})
-        run.finish()
+    summary["provenance"] = provenance(run)
+    files = {"csv": str(write_csv(rows, run.out / "metrics.csv"))}
+    md = markdown_summary(summary, rows, run.metrics, run.cfg.get("title", "Benchmark"), summary["provenance"])
+    (run.out / "summary.md").write_text(md)
+    (run.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    files.update(markdown=str(run.out / "summary.md"), json=str(run.out / "summary.json"))
+    if run.wandb_run is not None:
+        _log_summary_wandb(run.wandb_run, summary, rows, run.metrics)
+    return summary, files
+
+
+def _log_summary_wandb(wrun, summary: dict, rows: list[dict], metrics):
+    import wandb
+
+    for agg in ("mean", "std", "best"):
+        wrun.summary.update({f"{agg}/{k}": v for k, v in summary[agg].items()})
+    wrun.summary.update({f"provenance/{k}": str(v) for k, v in summary["provenance"].items()})
+    cols = ["object", "sample", "status", *metrics, "error"]
+    wrun.log({"metrics": wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rows])})
+    wrun.finish()
+
+
+def run_benchmark(cfg, generate_fn: GenerateFn | None = None, reconstruct_fn=None, log=print) -> dict:
+    """Run the protocol; returns ``{"rows": [...], "summary": {...}, "files": {...}}``.
+
+    ``reconstruct_fn(views (N,H,W,C), poses, Ks, out_dir) -> trimesh`` overrides the NeuS stage (tests)."""
+    run = _setup(cfg, generate_fn, reconstruct_fn, log)
+    rows: list[dict] = []
+    for name in list_objects(run.gt_dir, run.cfg.get("objects")):
+        t0 = time.time()
+        new = _evaluate_object(run, name)
+        for r in new:
+            if r.get("sample") == "-":
+                log(f"[{name}] failed: {r['error']}")
+        rows += new
+        log(f"[{name}] {time.time() - t0:.1f} s")
+    summary, files = _write_reports(run, rows)
     return {"rows": rows, "summary": summary, "files": files}

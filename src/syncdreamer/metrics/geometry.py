@@ -8,14 +8,22 @@ Protocol (see ``experiments/protocol.md``; spec section 5.2):
 * Chamfer: points from depth ray-cast at the 16 fixed views and back-projected, voxel down-sampled at
   0.01 (mean of the points per voxel), then ``0.5 * (mean_p min_q |p - q| + mean_q min_p |q - p|)``
   (Euclidean, not squared).
-* Volume IoU: occupancy of the centres of a 64^3 grid over ``[-b, b]^3`` (``b = 0.6`` by default) for
-  both meshes; ``|A & B| / |A | B|``. Occupancy of a mesh whose connected components are all closed is
-  exact: the union of the ray-parity containment of each component (overlapping closed parts, as in
-  meshes assembled from primitives, are handled).
-  A non-watertight mesh goes through a **robust fallback**: the surface is rasterised into the grid as a
-  shell, the outside is flood-filled from the grid border, everything not reached is inside, and shell
-  cells take the side given by the normal of the face of the nearest dense surface sample. If the holes are larger than a cell the flood
-  fill leaks and the mesh has no interior: that raises :class:`GeometryError` with a clear message.
+* Volume IoU, two protocols (:func:`volume_iou`, ``protocol=``):
+
+  - ``official`` (the paper's numbers, official ``eval_mesh.py``): ``mesh2sdf.compute(vertices, faces, 64,
+    fix=False) < 0`` for both meshes, ``|A & B| / |A | B|``. Verified grid of mesh2sdf 1.1 (see
+    ``experiments/protocol.md``): array index ``[i, j, k]`` is the point ``(x, y, z) = -1 + 2 (i, j, k) / 64``
+    (lattice points, not cell centres: the grid spans [-1, 1 - 2/64]^3, step 0.03125), distances in world
+    units; vertices must lie in [-1, 1]^3. With ``fix=False`` the inside of a non-watertight mesh is
+    whatever mesh2sdf's sign gives (as in the official evaluation).
+  - ``exact``: occupancy of the centres of a 64^3 grid over ``[-b, b]^3`` (``b = 0.6`` by default). Occupancy
+    of a mesh whose connected components are all closed is exact: the union of the ray-parity containment of
+    each component (overlapping closed parts, as in meshes assembled from primitives, are handled).
+    A non-watertight mesh goes through a **robust fallback**: the surface is rasterised into the grid as a
+    shell, the outside is flood-filled from the grid border, everything not reached is inside, and shell
+    cells take the side given by the normal of the face of the nearest dense surface sample. If the holes
+    are larger than a cell the flood fill leaks and the mesh has no interior: that raises
+    :class:`GeometryError` with a clear message.
 """
 from __future__ import annotations
 
@@ -24,12 +32,16 @@ import trimesh
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-__all__ = ["GeometryError", "voxel_downsample", "chamfer_distance", "fscore", "grid_centers",
-           "occupancy_grid", "volume_iou", "normalize_mesh", "rotate_z", "load_mesh"]
+__all__ = ["GeometryError", "IOU_PROTOCOLS", "voxel_downsample", "chamfer_distance", "fscore", "grid_centers",
+           "occupancy_grid", "mesh2sdf_grid_points", "mesh2sdf_occupancy", "volume_iou", "normalize_mesh", "rotate_z", "load_mesh"]
 
 
 class GeometryError(ValueError):
     """A mesh or point set that a geometry metric cannot be computed on (message is one line)."""
+
+
+#: Volume IoU protocols: ``official`` = mesh2sdf 64^3 over [-1, 1]^3 (paper-comparable), ``exact`` = ours.
+IOU_PROTOCOLS = ("official", "exact")
 
 
 def load_mesh(path) -> trimesh.Trimesh:
@@ -124,7 +136,7 @@ def grid_centers(resolution: int = 64, bound: float = 0.6) -> np.ndarray:
 
 
 def _contains(mesh: trimesh.Trimesh, pts: np.ndarray) -> np.ndarray:
-    from syncdreamer.metrics.raycast import has_embree, ray_intersector
+    from syncdreamer.raycast import has_embree, ray_intersector
     if has_embree():
         return ray_intersector(mesh).contains_points(pts)
     return mesh.contains(pts)
@@ -178,15 +190,49 @@ def occupancy_grid(mesh: trimesh.Trimesh, resolution: int = 64, bound: float = 0
     return _floodfill_occupancy(mesh, resolution, bound), "floodfill"
 
 
-def volume_iou(pred: trimesh.Trimesh, gt: trimesh.Trimesh, resolution: int = 64, bound: float = 0.6,
-               allow_fallback: bool = True) -> dict:
-    """Volume IoU of two meshes on a ``resolution^3`` grid over ``[-bound, bound]^3``.
+def mesh2sdf_grid_points(resolution: int = 64) -> np.ndarray:
+    """The points (R, R, R, 3) where ``mesh2sdf.compute(..., R)`` samples the SDF: ``-1 + 2 i / R`` per axis,
+    array index order (x, y, z) (verified against mesh2sdf 1.1, ``experiments/protocol.md``)."""
+    c = -1.0 + 2.0 * np.arange(resolution) / resolution
+    return np.stack(np.meshgrid(c, c, c, indexing="ij"), -1)
 
-    Returns ``{"iou": .., "iou_method": "<pred method>/<gt method>"}``; raises :class:`GeometryError`
-    when either mesh has no interior."""
-    a, ma = occupancy_grid(pred, resolution, bound, allow_fallback)
-    b, mb = occupancy_grid(gt, resolution, bound, allow_fallback)
+
+def mesh2sdf_occupancy(mesh: trimesh.Trimesh, resolution: int = 64) -> np.ndarray:
+    """Occupancy (R, R, R) bool as the official evaluation: ``mesh2sdf.compute(v, f, R, fix=False) < 0``.
+
+    Raises :class:`GeometryError` for an empty mesh or vertices outside mesh2sdf's [-1, 1]^3."""
+    import mesh2sdf
+
+    if len(mesh.faces) == 0:
+        raise GeometryError("mesh is empty (no triangles): no volume for IoU")
+    v = np.asarray(mesh.vertices, np.float64)
+    if not np.isfinite(v).all() or np.abs(v).max() > 1.0:
+        raise GeometryError(f"mesh vertices reach {np.abs(v).max():.3f}: the official IoU grid (mesh2sdf) "
+                            "covers [-1, 1]^3 only; normalise the mesh or use protocol=exact")
+    sdf = mesh2sdf.compute(v, np.asarray(mesh.faces, np.int64), int(resolution), fix=False)
+    return np.asarray(sdf) < 0
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
     if union == 0:
         raise GeometryError("both meshes have empty interiors on the IoU grid")
-    return {"iou": float(np.logical_and(a, b).sum() / union), "iou_method": f"{ma}/{mb}"}
+    return float(np.logical_and(a, b).sum() / union)
+
+
+def volume_iou(pred: trimesh.Trimesh, gt: trimesh.Trimesh, protocol: str = "official", *, resolution: int = 64,
+               bound: float = 0.6, allow_fallback: bool = True) -> dict:
+    """Volume IoU of two meshes in the canonical frame (see the module docstring for both protocols).
+
+    ``protocol="official"``: mesh2sdf occupancy on its 64^3 grid over [-1, 1]^3 (``bound`` and
+    ``allow_fallback`` unused); ``"exact"``: our occupancy of the cell centres of a ``resolution^3`` grid over
+    ``[-bound, bound]^3``. Returns ``{"iou": .., "iou_method": .., "protocol": ..}``; raises
+    :class:`GeometryError` when either mesh has no interior (or, official, lies outside [-1, 1]^3)."""
+    if protocol == "official":
+        a, b = mesh2sdf_occupancy(pred, resolution), mesh2sdf_occupancy(gt, resolution)
+        return {"iou": _iou(a, b), "iou_method": "mesh2sdf", "protocol": protocol}
+    if protocol != "exact":
+        raise ValueError(f"unknown IoU protocol {protocol!r}: use one of {list(IOU_PROTOCOLS)}")
+    a, ma = occupancy_grid(pred, resolution, bound, allow_fallback)
+    b, mb = occupancy_grid(gt, resolution, bound, allow_fallback)
+    return {"iou": _iou(a, b), "iou_method": f"{ma}/{mb}", "protocol": protocol}

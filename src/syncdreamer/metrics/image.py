@@ -21,7 +21,7 @@ import torch
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 __all__ = ["MissingWeightsError", "composite_on_white", "to_unit_rgb", "psnr", "ssim", "LPIPSMetric",
-           "VGG16_WEIGHTS", "image_metrics"]
+           "VGG16_WEIGHTS"]
 
 VGG16_WEIGHTS = "vgg16-397923af.pth"
 
@@ -125,14 +125,6 @@ class LPIPSMetric:
     def __call__(self, pred, gt) -> float:
         """Mean LPIPS over the views."""
         return float(self.per_view(pred, gt).mean())
-
-
-def image_metrics(pred, gt, lpips_metric: LPIPSMetric | None = None, ssim_data_range: float | None = None) -> dict:
-    """Mean PSNR / SSIM / (LPIPS when a metric object is given) over the views (N, H, W, 3|4)."""
-    out = {"psnr": float(np.mean(psnr(pred, gt))), "ssim": float(np.mean(ssim(pred, gt, ssim_data_range)))}
-    if lpips_metric is not None:
-        out["lpips"] = lpips_metric(pred, gt)
-    return out
 
 
 def foreground_mask(views, white_threshold: float = 0.1) -> np.ndarray:

@@ -13,7 +13,7 @@ Layouts (``experiments/protocol.md`` explains the choices)::
 
 Per sample: PSNR / SSIM / LPIPS on the views composited on white; Chamfer / F-score on points
 back-projected from depth at the fixed rig (GT: its depth PNGs when present, else ray-cast GT mesh;
-prediction: ray-cast predicted mesh), voxel 0.01; Volume IoU on a 64^3 grid. A failing metric fills
+prediction: ray-cast predicted mesh), voxel 0.01; Volume IoU on a 64^3 grid (official: mesh2sdf over [-1, 1]^3). A failing metric fills
 ``error`` with one line and marks the row ``failed``; the other metrics are still reported.
 """
 from __future__ import annotations
@@ -28,9 +28,9 @@ import numpy as np
 
 from syncdreamer.metrics import geometry as geo
 from syncdreamer.metrics.image import LPIPSMetric, mask_iou, psnr, ssim
-from syncdreamer.metrics.raycast import depth_to_points, mesh_points_from_rig
+from syncdreamer.raycast import depth_to_points, mesh_points_from_rig
 
-__all__ = ["GSO_OBJECTS", "GSO_ROTATIONS_DEG", "gt_rotation_deg", "Sample", "find_samples", "evaluate_sample",
+__all__ = ["GSO_OBJECTS", "GSO_ROTATIONS_DEG", "GSO_PREP_MARKER", "gso_canonical_mesh", "gt_rotation_deg", "Sample", "find_samples", "evaluate_sample",
            "METRICS", "HIGHER_IS_BETTER", "summarize", "write_csv", "markdown_summary"]
 
 #: The 30 GSO evaluation objects (names as listed by later papers).
@@ -55,6 +55,19 @@ HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "chamfer": False
                     "mask_iou": True}
 MESH_SUFFIXES = (".ply", ".obj", ".glb", ".gltf", ".stl")
 _VIEWS = re.compile(r"^\d{3}\.png$")
+
+
+#: Written by ``data_prep/gso.py`` into its output folder: the GSO rotation is already in those meshes/renders.
+GSO_PREP_MARKER = "gso_prep.json"
+
+
+def gso_canonical_mesh(mesh, name: str, table="gso"):
+    """The one place where the per-object GSO rotation is applied: ``mesh`` normalised (largest bbox side 1,
+    centred) and rotated about z by :func:`gt_rotation_deg` (``table="gso"``: :data:`GSO_ROTATIONS_DEG`).
+
+    ``data_prep/gso.py`` bakes it into the GT meshes and renders it writes (and leaves
+    :data:`GSO_PREP_MARKER`); ``evaluate.py gt_rotation=gso`` applies it to raw official meshes instead."""
+    return geo.rotate_z(geo.normalize_mesh(mesh), gt_rotation_deg(name, table))
 
 
 def gt_rotation_deg(name: str, table) -> float:
@@ -119,10 +132,11 @@ def evaluate_sample(pred_views: np.ndarray | None, gt_views: np.ndarray, *, pred
                     gt_points: np.ndarray | None = None, poses=None, Ks=None, lpips_metric: LPIPSMetric | None = None,
                     metrics=METRICS, voxel: float = 0.01, fscore_threshold: float = 0.02, iou_resolution: int = 64,
                     iou_bound: float = 0.6, iou_fallback: bool = True, ssim_data_range: float | None = None,
-                    depth_size: int = 256) -> dict:
+                    depth_size: int = 256, iou_protocol: str = "official") -> dict:
     """Metrics of one sample. Views (N, H, W, 3|4) in [0, 1]; meshes are trimesh objects in the rig frame;
     ``gt_points`` (P, 3) replaces ray casting the GT mesh for Chamfer/F-score; poses/Ks (N,3,4)/(N,3,3) for
-    ``depth_size`` pixels. Returns a row dict with the metrics computed and ``errors`` (list of one-liners)."""
+    ``depth_size`` pixels; ``iou_protocol``: official (mesh2sdf) or exact (see :func:`geometry.volume_iou`).
+    Returns a row dict with the metrics computed and ``errors`` (list of one-liners)."""
     row: dict = {"errors": []}
 
     def guard(fn, label):
@@ -168,7 +182,8 @@ def evaluate_sample(pred_views: np.ndarray | None, gt_views: np.ndarray, *, pred
         def iou():
             if pred_mesh is None or gt_mesh is None:
                 raise ValueError("needs both the predicted and the GT mesh")
-            r = geo.volume_iou(pred_mesh, gt_mesh, iou_resolution, iou_bound, iou_fallback)
+            r = geo.volume_iou(pred_mesh, gt_mesh, iou_protocol, resolution=iou_resolution, bound=iou_bound,
+                               allow_fallback=iou_fallback)
             row["iou"], row["iou_method"] = r["iou"], r["iou_method"]
         guard(iou, "iou")
     return row
@@ -247,8 +262,18 @@ def _fmt(m, v):
     return f"{v:.2f}" if m == "psnr" else f"{v:.4f}"
 
 
-def markdown_summary(summary: dict, rows: list[dict], metrics=METRICS, title: str = "Benchmark") -> str:
-    """A markdown report: overall mean +- std over runs, best-of-n, per-object means, failures."""
+def _flat(v) -> str:
+    if isinstance(v, dict):
+        return ", ".join(f"{k} {_flat(x)}" for k, x in v.items())
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_flat(x) for x in v) or "-"
+    return "-" if v is None else str(v)
+
+
+def markdown_summary(summary: dict, rows: list[dict], metrics=METRICS, title: str = "Benchmark",
+                     provenance: dict | None = None) -> str:
+    """A markdown report: overall mean +- std over runs, best-of-n, per-object means, failures, and a
+    provenance table (protocol, NeuS preset, generation settings, package versions) when given."""
     arrows = {m: ("↑" if HIGHER_IS_BETTER[m] else "↓") for m in metrics}
     lines = [f"# {title}", "", f"{summary['objects']} objects, {summary['samples']} samples, "
              f"{summary['failed_rows']} rows with a failure.", "",
@@ -262,6 +287,9 @@ def markdown_summary(summary: dict, rows: list[dict], metrics=METRICS, title: st
               "| object | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
     for o, d in summary["per_object"].items():
         lines.append(f"| {o} | " + " | ".join(_fmt(m, d.get(m)) for m in metrics) + " |")
+    if provenance:
+        lines += ["", "## Provenance", "", "| field | value |", "|---|---|"]
+        lines += [f"| {k} | {_flat(v)} |" for k, v in provenance.items()]
     failed = [r for r in rows if r.get("status") == "failed"]
     if failed:
         lines += ["", "## Failures", ""]

@@ -37,7 +37,9 @@ from ..checkpoints import CheckpointError
 from .elevation import ElevationConfig
 from .errors import InputError
 from .foreground import METHODS, ForegroundConfig
-from .generate import (_dataclass_from, build_sampler, generate_views, load_model, prepare_one, resolve_device,
+from ..config import dataclass_from
+from ..devices import pick_device
+from .generate import (build_sampler, generate_views, load_model, prepare_one,
                        to_uint8, validate_elevation, view_set_meta, write_view_set, _slug)
 from .preprocess import load_image
 
@@ -88,7 +90,7 @@ class Studio:
     @classmethod
     def load(cls, cfg) -> "Studio":
         checkpoint = resolve_checkpoint(cfg)
-        device = resolve_device(cfg.get("device", "auto"))
+        device = pick_device(cfg.get("device", "auto"))
         if cfg.get("num_threads"):
             torch.set_num_threads(_as_int(cfg.num_threads, "num_threads", minimum=1))
         t0 = time.perf_counter()
@@ -103,7 +105,7 @@ class Studio:
     def picture_from_prompt(self, prompt: str, seed: int) -> np.ndarray:
         from .text2image import TextToImageConfig, load_text2image, text_to_image
 
-        t2i = _dataclass_from(TextToImageConfig, self.cfg.get("text2image"))
+        t2i = dataclass_from(TextToImageConfig, self.cfg.get("text2image"))
         if self.text2image_pipe is None:
             self.text2image_pipe = load_text2image(t2i, self.device)
         return text_to_image(prompt, t2i, self.device, int(seed), pipe=self.text2image_pipe)
@@ -127,8 +129,8 @@ class Studio:
             method = "auto" if method == "alpha" else method
         else:
             raise InputError("upload an image first" + (" or type a prompt" if self.has_text2image else ""))
-        fg_cfg = _dataclass_from(ForegroundConfig, self.cfg.get("foreground_options"))
-        elev_cfg = _dataclass_from(ElevationConfig, self.cfg.get("elevation_estimate"))
+        fg_cfg = dataclass_from(ForegroundConfig, self.cfg.get("foreground_options"))
+        elev_cfg = dataclass_from(ElevationConfig, self.cfg.get("elevation_estimate"))
         return prepare_one(_slug(name, 40), source, picture, method, fg_cfg, crop, int(self.model.image_size),
                            None, elev_cfg)
 

@@ -44,6 +44,7 @@ import torch
 from PIL import Image
 
 from ..cameras import write_camera_exports
+from ..devices import DeviceError, pick_device
 from .elevation import METHODS as ELEVATION_METHODS
 from .elevation import ElevationConfig, estimate_elevation
 from .errors import InputError
@@ -270,18 +271,6 @@ def build_sampler(sampler_cfg, model):
     return sampler
 
 
-def resolve_device(name: str) -> torch.device:
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise InputError(f"unknown device {name!r} (auto | cpu | cuda | cuda:<i>)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device={name} but no CUDA GPU is available (use device=cpu or auto)")
-    return dev
-
-
 def autocast_context(device: torch.device, precision: str):
     """fp32 -> no autocast; bf16 -> autocast on CPU or GPU; fp16 -> autocast on GPU only."""
     if precision not in PRECISIONS:
@@ -398,7 +387,10 @@ def run(cfg) -> list[Path]:
     options = check_options(cfg)
     sample_num = options["sample_num"]
     check_outputs_free(cfg, sample_num)
-    device = resolve_device(cfg.get("device", "auto"))
+    try:
+        device = pick_device(cfg.get("device", "auto"))
+    except DeviceError as err:
+        raise InputError(str(err)) from None
     autocast_context(device, str(cfg.precision))  # validate before any work
     image_size = int(cfg.model.get("image_size", 256))
     items = collect_inputs(cfg, image_size, device)

@@ -90,7 +90,7 @@ def turntable(mesh: trimesh.Trimesh, path, frames: int = 180, size: int = 256, e
     """Render ``frames`` views of ``mesh`` on a circle (white background) and write an animation."""
     import imageio.v2 as imageio
 
-    from syncdreamer.metrics.raycast import render_mesh
+    from syncdreamer.raycast import render_mesh
 
     rig = cameras.make_rig(n_views=frames, elevation_deg=elevation_deg, distance=distance, image_size=size,
                            focal=focal * size / 256.0)

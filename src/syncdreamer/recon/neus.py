@@ -1,7 +1,7 @@
 """NeuS reconstruction from a few posed views: model, optimisation loop and config.
 
-The config is a plain nested mapping (Hydra presets in ``conf/recon/{official,fast}.yaml``); its
-sections are ``sdf`` (field kind + its arguments), ``color``, ``variance_init``, ``renderer``
+The config is a plain nested mapping, complete (the presets ``conf/recon/{official,fast}.yaml`` are the one
+source of the numbers; :func:`syncdreamer.recon.presets.load_preset` reads them); its sections are ``sdf`` (field kind + its arguments), ``color``, ``variance_init``, ``renderer``
 (:class:`~syncdreamer.recon.renderer.RendererConfig`), ``occupancy`` (null or grid settings), ``train``
 and ``mesh`` / ``turntable`` (used by :mod:`syncdreamer.recon.export`).
 
@@ -23,53 +23,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from syncdreamer import cameras
+from syncdreamer.devices import pick_device
 from syncdreamer.recon.fields import ColorNetwork, SingleVariance, build_sdf
+from syncdreamer.recon.presets import check_config, load_preset
 from syncdreamer.recon.renderer import NeuSRenderer, OccupancyGrid, RendererConfig
 
-__all__ = ["DEFAULT_CONFIG", "merge_config", "NeuSModel", "fit_neus", "lr_factor", "pick_device"]
-
-#: The official settings (``conf/recon/official.yaml`` mirrors this).
-DEFAULT_CONFIG: dict = {
-    "name": "official",
-    "sdf": {"kind": "mlp", "hidden_dim": 256, "n_layers": 8, "skip_layers": [4], "n_freqs": 6,
-            "feature_dim": 256, "init_radius": 0.5, "geometric_init": True, "weight_norm": True,
-            "softplus_beta": 100.0},
-    "color": {"hidden_dim": 256, "n_layers": 4, "n_freqs_dir": 4, "weight_norm": True},
-    "variance_init": 0.3,
-    "renderer": {"n_samples": 64, "n_importance": 64, "up_sample_steps": 4, "up_sample_base_s": 64.0,
-                 "perturb": True, "sphere_radius": 0.8660254, "bound": 0.6, "background": 1.0},
-    "occupancy": None,
-    "train": {"steps": 2000, "batch_rays": 3584, "fg_rays": 512, "ray_resolution": None, "lr": 5e-4,
-              "grid_lr": 1e-2, "weight_decay": 0.01, "warmup_steps": 100, "warmup_start": 0.02,
-              "decay_every": 1000, "decay_factor": 0.1414213562, "anneal_end": 200, "rgb_weight": 0.5,
-              "eikonal_weight": 0.1, "mask_weight": 1.0, "log_every": 100},
-    "mesh": {"resolution": 512, "bound": 0.6, "chunk": 65536},
-    "turntable": {"frames": 180, "size": 256, "elevation_deg": 30.0, "distance": 1.5, "focal": 280.0,
-                  "fps": 30},
-}
-
-
-def merge_config(base: dict, override: dict | None) -> dict:
-    """Recursive dict merge (override wins); unknown top-level sections raise ``ValueError``.
-
-    A sub-mapping with a ``kind`` key that differs from the base's replaces it whole (the arguments of
-    another SDF field kind are not merged into the MLP's)."""
-    out = copy.deepcopy(base)
-    for k, v in (override or {}).items():
-        if k not in out and base is DEFAULT_CONFIG:
-            raise ValueError(f"unknown recon config section {k!r}; known: {sorted(out)}")
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and v.get("kind", out[k].get("kind")) == out[k].get("kind"):
-            out[k] = merge_config(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
-def pick_device(device: str | None = "auto") -> torch.device:
-    """``"auto"``/None -> cuda when available, else cpu; otherwise ``torch.device(device)``."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+__all__ = ["NeuSModel", "fit_neus", "lr_factor", "estimate_fit_seconds"]
 
 
 def lr_factor(step: int, train: dict) -> float:
@@ -83,11 +42,11 @@ def lr_factor(step: int, train: dict) -> float:
 
 
 class NeuSModel(nn.Module):
-    """SDF field + colour network + variance + renderer built from a recon config (see module doc)."""
+    """SDF field + colour network + variance + renderer built from a complete recon config (see module doc)."""
 
     def __init__(self, cfg: dict):
         super().__init__()
-        cfg = merge_config(DEFAULT_CONFIG, cfg)
+        cfg = check_config(cfg)
         self.cfg = cfg
         sdf_cfg = dict(cfg["sdf"])
         kind = sdf_cfg.pop("kind")
@@ -148,6 +107,60 @@ def _prepare_rays(images, masks, poses, Ks, resolution, device):
     return (torch.cat(os_).to(device), torch.cat(ds).to(device), rgb.to(device), msk.reshape(-1).to(device))
 
 
+def _check_inputs(images, masks, poses, Ks):
+    images, masks = np.asarray(images), np.asarray(masks)
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images must be (N, H, W, 3) RGB, got {images.shape}")
+    if masks.shape != images.shape[:3]:
+        raise ValueError(f"masks {masks.shape} do not match images {images.shape[:3]}")
+    if len(poses) != len(images) or len(Ks) != len(images):
+        raise ValueError(f"{len(images)} views but {len(poses)} poses / {len(Ks)} intrinsics")
+    if (masks > 0.5).sum() == 0:
+        raise ValueError("no foreground pixels in any view (empty masks): nothing to reconstruct")
+    return images, masks
+
+
+def _update_occupancy(model: NeuSModel, step: int, occ_cfg: dict):
+    occ = model.renderer.occupancy
+    if occ is None:
+        return
+    warm = int(occ_cfg.get("warmup_steps", 0))
+    if step < warm:
+        occ.grid.fill_(True)
+    elif (step - warm) % int(occ_cfg.get("update_every", 16)) == 0:
+        occ.update(model.sdf_net.sdf, float(model.variance.inv_s().detach()))
+
+
+def _draw_rays(n_all: int, fg_idx: torch.Tensor, tr: dict, gen: torch.Generator, dev) -> torch.Tensor:
+    """Indices of one step's rays: ``batch_rays`` uniform over all pixels + ``fg_rays`` over the foreground."""
+    idx = torch.randint(n_all, (int(tr["batch_rays"]),), generator=gen).to(dev)
+    if int(tr["fg_rays"]) > 0:
+        sel = torch.randint(len(fg_idx), (int(tr["fg_rays"]),), generator=gen).to(dev)
+        idx = torch.cat([idx, fg_idx[sel]])
+    return idx
+
+
+def _train_step(model: NeuSModel, rays: tuple, idx: torch.Tensor, anneal: float, tr: dict) -> dict:
+    """Loss of the rays ``idx``, back-propagated ``train.ray_chunk`` rays at a time (gradients add up to
+    those of the whole batch: each chunk's mean is weighted by its share of the rays; the eikonal mean is
+    taken per chunk). Returns the loss terms (floats) and ``n_points`` of the last chunk."""
+    rays_o, rays_d, rgb_gt, mask_gt = rays
+    chunk = int(tr.get("ray_chunk") or len(idx))
+    terms = {"loss": 0.0, "rgb": 0.0, "mask": 0.0, "eikonal": 0.0, "n_points": 0}
+    for part in idx.split(chunk):
+        share = len(part) / len(idx)
+        out = model.renderer.render(rays_o[part], rays_d[part], anneal, training=True)
+        rgb_loss = torch.sqrt(((out["rgb"] - rgb_gt[part]) ** 2).sum(-1) + 1e-3).mean()
+        mask_loss = F.mse_loss(out["opacity"].clamp(0, 1), mask_gt[part])
+        loss = (float(tr["rgb_weight"]) * rgb_loss + float(tr["eikonal_weight"]) * out["eikonal"]
+                + float(tr["mask_weight"]) * mask_loss)
+        (loss * share).backward()
+        for k, v in (("loss", loss), ("rgb", rgb_loss), ("mask", mask_loss), ("eikonal", out["eikonal"])):
+            terms[k] += share * float(v.detach())
+        terms["n_points"] = max(terms["n_points"], int(out["n_points"]))
+    return terms
+
+
 def fit_neus(images: np.ndarray, masks: np.ndarray, poses: np.ndarray, Ks: np.ndarray, cfg: dict | None = None,
              device: str | torch.device | None = "auto", seed: int = 0, steps: int | None = None,
              callback: Callable[[int, NeuSModel], None] | None = None, log: Callable[[str], None] | None = print
@@ -158,63 +171,39 @@ def fit_neus(images: np.ndarray, masks: np.ndarray, poses: np.ndarray, Ks: np.nd
         images: (N, H, W, 3) RGB in [0, 1] composited on white.
         masks: (N, H, W) foreground in [0, 1].
         poses: (N, 3, 4) world-to-camera OpenCV; Ks: (N, 3, 3) pixel intrinsics for H x W.
-        cfg: recon config (merged over :data:`DEFAULT_CONFIG`).
+        cfg: complete recon config (None = the ``official`` preset).
         steps: overrides ``cfg.train.steps``.
         callback: called as ``callback(step, model)`` after every step (benchmarks, early stopping by
             raising ``StopIteration``).
     Returns:
         the trained :class:`NeuSModel` (in eval mode).
     """
-    images, masks = np.asarray(images), np.asarray(masks)
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"images must be (N, H, W, 3) RGB, got {images.shape}")
-    if masks.shape != images.shape[:3]:
-        raise ValueError(f"masks {masks.shape} do not match images {images.shape[:3]}")
-    if len(poses) != len(images) or len(Ks) != len(images):
-        raise ValueError(f"{len(images)} views but {len(poses)} poses / {len(Ks)} intrinsics")
-    if (masks > 0.5).sum() == 0:
-        raise ValueError("no foreground pixels in any view (empty masks): nothing to reconstruct")
+    images, masks = _check_inputs(images, masks, poses, Ks)
     torch.manual_seed(seed)
     np.random.seed(seed)
     dev = pick_device(device)
-    model = NeuSModel(cfg or {}).to(dev)
-    cfg = model.cfg
-    tr = cfg["train"]
+    model = NeuSModel(cfg if cfg is not None else load_preset("official")).to(dev)
+    tr = model.cfg["train"]
     n_steps = int(tr["steps"] if steps is None else steps)
-    rays_o, rays_d, rgb_gt, mask_gt = _prepare_rays(images, masks, poses, Ks, tr["ray_resolution"], dev)
-    fg_idx = torch.nonzero(mask_gt > 0.5).squeeze(1)
+    rays = _prepare_rays(images, masks, poses, Ks, tr["ray_resolution"], dev)
+    fg_idx = torch.nonzero(rays[3] > 0.5).squeeze(1)
     opt = torch.optim.AdamW(_param_groups(model, tr), lr=float(tr["lr"]), weight_decay=float(tr["weight_decay"]))
-    occ_cfg = cfg.get("occupancy") or {}
-    occ = model.renderer.occupancy
     gen = torch.Generator(device="cpu").manual_seed(seed)
     t0 = time.time()
     model.train()
     for step in range(n_steps):
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * lr_factor(step, tr)
-        if occ is not None:
-            if step < int(occ_cfg.get("warmup_steps", 0)):
-                occ.grid.fill_(True)
-            elif (step - int(occ_cfg.get("warmup_steps", 0))) % int(occ_cfg.get("update_every", 16)) == 0:
-                occ.update(model.sdf_net.sdf, float(model.variance.inv_s().detach()))
-        idx = torch.randint(len(rays_o), (int(tr["batch_rays"]),), generator=gen).to(dev)
-        if int(tr["fg_rays"]) > 0:
-            sel = torch.randint(len(fg_idx), (int(tr["fg_rays"]),), generator=gen).to(dev)
-            idx = torch.cat([idx, fg_idx[sel]])
+        _update_occupancy(model, step, model.cfg.get("occupancy") or {})
+        idx = _draw_rays(len(rays[0]), fg_idx, tr, gen, dev)
         anneal = 1.0 if int(tr["anneal_end"]) <= 0 else min(1.0, step / int(tr["anneal_end"]))
-        out = model.renderer.render(rays_o[idx], rays_d[idx], anneal, training=True)
-        rgb_loss = torch.sqrt(((out["rgb"] - rgb_gt[idx]) ** 2).sum(-1) + 1e-3).mean()
-        mask_loss = F.mse_loss(out["opacity"].clamp(0, 1), mask_gt[idx])
-        loss = (float(tr["rgb_weight"]) * rgb_loss + float(tr["eikonal_weight"]) * out["eikonal"]
-                + float(tr["mask_weight"]) * mask_loss)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        terms = _train_step(model, rays, idx, anneal, tr)
         opt.step()
-        if log is not None and int(tr.get("log_every", 0)) > 0 and (step % int(tr["log_every"]) == 0
-                                                                   or step == n_steps - 1):
-            log(f"step {step:5d}  loss {loss.item():.4f}  rgb {rgb_loss.item():.4f}  mask {mask_loss.item():.4f}  "
-                f"eik {out['eikonal'].item():.4f}  inv_s {model.variance.inv_s().item():.1f}  "
-                f"pts/ray {out['n_points'] / max(len(idx), 1):.0f}  {time.time() - t0:.1f}s")
+        every = int(tr.get("log_every", 0))
+        if log is not None and every > 0 and (step % every == 0 or step == n_steps - 1):
+            log(f"step {step:5d}  loss {terms['loss']:.4f}  rgb {terms['rgb']:.4f}  mask {terms['mask']:.4f}  "
+                f"eik {terms['eikonal']:.4f}  inv_s {model.variance.inv_s().item():.1f}  {time.time() - t0:.1f}s")
         if callback is not None:
             try:
                 callback(step, model)
@@ -222,3 +211,25 @@ def fit_neus(images: np.ndarray, masks: np.ndarray, poses: np.ndarray, Ks: np.nd
                 break
     model.eval()
     return model
+
+
+def estimate_fit_seconds(cfg: dict, device, probe_rays: int = 8, seed: int = 0) -> float:
+    """Seconds :func:`fit_neus` would take with ``cfg`` on ``device``: one training step on ``probe_rays``
+    rays of a synthetic sphere (after one warm-up step), scaled to the full ray batch and ``train.steps``
+    (the cost of a step is linear in the number of rays)."""
+    import copy
+
+    c = copy.deepcopy(cfg)
+    tr = c["train"]
+    full_rays = int(tr["batch_rays"]) + int(tr["fg_rays"])
+    tr.update(batch_rays=probe_rays, fg_rays=0, ray_chunk=None, ray_resolution=32)
+    rig = cameras.make_rig(n_views=2, image_size=32, focal=35.0)
+    yy, xx = np.mgrid[:32, :32]
+    disk = (((yy - 15.5) ** 2 + (xx - 15.5) ** 2) < 64).astype(np.float32)
+    masks = np.stack([disk, disk])
+    imgs = np.repeat((1 - 0.5 * masks)[..., None], 3, -1)
+    times = []
+    fit_neus(imgs, masks, rig.poses, rig.Ks, c, device=device, seed=seed, steps=2, log=None,
+             callback=lambda step, m: times.append(time.time()))
+    per_ray = (times[1] - times[0]) / probe_rays
+    return per_ray * full_rays * int(cfg["train"]["steps"])

@@ -24,7 +24,9 @@ from syncdreamer.cameras import write_camera_exports
 from syncdreamer.recon.export import extract_mesh, save_mesh, turntable
 from syncdreamer.config import to_plain
 from syncdreamer.recon.io import compute_masks, composite_white, load_cameras, load_views
-from syncdreamer.recon.neus import fit_neus, merge_config, DEFAULT_CONFIG, pick_device
+from syncdreamer.devices import pick_device
+from syncdreamer.recon.neus import estimate_fit_seconds, fit_neus
+from syncdreamer.recon.presets import resolve_preset
 
 __all__ = ["reconstruct", "reconstruct_views"]
 
@@ -42,16 +44,17 @@ def reconstruct_views(views: np.ndarray, poses, Ks, recon_cfg: dict, output_dir,
                       callback=None) -> dict:
     """Reconstruct from views (N, H, W, 3|4) in [0, 1] with cameras; returns a summary dict (paths, timings).
 
-    ``recon_cfg`` is a recon preset mapping (``conf/recon/*.yaml``); ``callback(step, model)`` is passed to
-    :func:`~syncdreamer.recon.neus.fit_neus` (progress bars)."""
+    ``recon_cfg`` is a recon preset mapping (``conf/recon/*.yaml``; ``name: auto`` picks by device, see
+    :func:`syncdreamer.recon.presets.resolve_preset`). ``summary["preset"]`` is the preset that ran.
+    ``callback(step, model)`` is passed to :func:`~syncdreamer.recon.neus.fit_neus` (progress bars)."""
+    dev = pick_device(device)
+    cfg = resolve_preset(recon_cfg, dev, estimate_fit_seconds, log=log)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = merge_config(DEFAULT_CONFIG, {k: v for k, v in recon_cfg.items() if k != "name"})
     masks = compute_masks(views, _mask_source(mask_source), mask_threshold)
     if (masks > 0.5).sum() == 0:
         raise ValueError("the views have no foreground (empty masks): nothing to reconstruct")
     rgb = composite_white(views)
-    dev = pick_device(device)
     t0 = time.time()
     model = fit_neus(rgb, masks, poses, Ks, cfg, device=dev, seed=seed, steps=steps, log=log,
                      callback=callback)
@@ -69,7 +72,8 @@ def reconstruct_views(views: np.ndarray, poses, Ks, recon_cfg: dict, output_dir,
                                            float(t["elevation_deg"]), float(t["distance"]), float(t["focal"]),
                                            int(t["fps"])))
     files["cameras"] = [str(p) for p in write_views_and_cameras(out, views, poses, Ks)]
-    summary = {"device": str(dev), "fit_seconds": round(t_fit, 2), "mesh_seconds": round(t_mesh, 2),
+    summary = {"device": str(dev), "preset": cfg["name"], "fit_seconds": round(t_fit, 2),
+               "mesh_seconds": round(t_mesh, 2),
                "steps": int(steps if steps is not None else cfg["train"]["steps"]),
                "vertices": int(len(mesh.vertices)), "faces": int(len(mesh.faces)),
                "watertight": bool(mesh.is_watertight), "files": files, "config": cfg}

@@ -29,6 +29,7 @@ class RendererConfig:
     sphere_radius: float = 0.8660254
     bound: float = 0.6
     background: float = 1.0
+    point_chunk: int | None = None  # points per no-grad SDF query while up-sampling (None = all at once)
 
 
 def sphere_near_far(rays_o: torch.Tensor, rays_d: torch.Tensor, radius: float):
@@ -159,62 +160,63 @@ class NeuSRenderer(nn.Module):
         trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha + 1e-7], -1), -1)[:, :-1]
         return sample_pdf(z, alpha * trans, n_new, deterministic=True)
 
+    @torch.no_grad()
     def _sdf_pts(self, pts):
+        """SDF (...,) at points (..., 3), ``cfg.point_chunk`` points at a time (bounded memory)."""
         shape = pts.shape[:-1]
-        return self.sdf_net.sdf(pts.reshape(-1, 3)).reshape(shape)
+        flat = pts.reshape(-1, 3)
+        chunk = int(self.cfg.point_chunk or len(flat) or 1)
+        return torch.cat([self.sdf_net.sdf(p) for p in flat.split(chunk)]).reshape(shape)
 
-    def render(self, rays_o: torch.Tensor, rays_d: torch.Tensor, cos_anneal_ratio: float = 1.0,
-               training: bool = True) -> dict:
-        """Render rays (R, 3) with unit directions.
-
-        Returns a dict: ``rgb`` (R, 3) composited on the background, ``opacity`` (R,), ``depth`` (R,)
-        (expected ray distance of the surface, background rays 0), ``eikonal`` (scalar: mean of
-        (|grad f| - 1)^2 over the samples inside the cube), ``n_points`` (int).
-        """
-        cfg = self.cfg
-        r = len(rays_o)
-        dev = rays_o.device
-        near, far, hit = sphere_near_far(rays_o, rays_d, cfg.sphere_radius)
+    def _ray_intervals(self, rays_o, rays_d):
+        """near, far (R,) and the rays that cross the sphere (and occupied cells) ``hit`` (R,)."""
+        near, far, hit = sphere_near_far(rays_o, rays_d, self.cfg.sphere_radius)
         if self.occupancy is not None:
             near, far, valid = self.occupancy.near_far(rays_o, rays_d, near, far)
             hit = hit & valid
-        out_rgb = torch.full((r, 3), float(cfg.background), device=dev)
-        out_op = torch.zeros(r, device=dev)
-        out_depth = torch.zeros(r, device=dev)
-        eik = torch.zeros((), device=dev)
-        if not hit.any():
-            return {"rgb": out_rgb, "opacity": out_op, "depth": out_depth, "eikonal": eik, "n_points": 0}
-        o, d, near, far = rays_o[hit], rays_d[hit], near[hit], far[hit]
-        n = len(o)
+        return near, far, hit
 
-        t = torch.linspace(0.0, 1.0, cfg.n_samples, device=dev)
+    def _coarse_samples(self, near, far, training: bool):
+        """Stratified sample distances (n, n_samples) in [near, far], jittered while training."""
+        cfg = self.cfg
+        n = len(near)
+        t = torch.linspace(0.0, 1.0, cfg.n_samples, device=near.device)
         z = near[:, None] + (far - near)[:, None] * t[None]
         if training and cfg.perturb:
             step = (far - near)[:, None] / cfg.n_samples
-            z = z + (torch.rand(n, cfg.n_samples, device=dev) - 0.5) * step
+            z = z + (torch.rand(n, cfg.n_samples, device=near.device) - 0.5) * step
             z = torch.minimum(torch.maximum(z, near[:, None]), far[:, None]).sort(-1).values
+        return z
 
-        if cfg.n_importance > 0 and cfg.up_sample_steps > 0:
-            per = cfg.n_importance // cfg.up_sample_steps
-            with torch.no_grad():
-                sdf = self._sdf_pts(o[:, None] + d[:, None] * z[..., None])
-                for i in range(cfg.up_sample_steps):
-                    new = self._up_sample(o, d, z, sdf, per, cfg.up_sample_base_s * 2 ** i)
-                    z, order = torch.cat([z, new], -1).sort(-1)
-                    if i + 1 < cfg.up_sample_steps:
-                        new_sdf = self._sdf_pts(o[:, None] + d[:, None] * new[..., None])
-                        sdf = torch.cat([sdf, new_sdf], -1).gather(1, order)
+    @torch.no_grad()
+    def _hierarchical_samples(self, o, d, z):
+        """``up_sample_steps`` rounds that add ``n_importance / up_sample_steps`` samples each; sorted (n, S)."""
+        cfg = self.cfg
+        if cfg.n_importance <= 0 or cfg.up_sample_steps <= 0:
+            return z
+        per = cfg.n_importance // cfg.up_sample_steps
+        sdf = self._sdf_pts(o[:, None] + d[:, None] * z[..., None])
+        for i in range(cfg.up_sample_steps):
+            new = self._up_sample(o, d, z, sdf, per, cfg.up_sample_base_s * 2 ** i)
+            z, order = torch.cat([z, new], -1).sort(-1)
+            if i + 1 < cfg.up_sample_steps:
+                new_sdf = self._sdf_pts(o[:, None] + d[:, None] * new[..., None])
+                sdf = torch.cat([sdf, new_sdf], -1).gather(1, order)
+        return z
 
-        # final NeuS pass on sections [z_i, z_{i+1}] evaluated at their mid-points
+    def _shade_sections(self, o, d, z, near, far, cos_anneal_ratio: float, training: bool) -> dict:
+        """The final NeuS pass on sections [z_i, z_{i+1}] evaluated at their mid-points (n rays)."""
+        cfg = self.cfg
+        n = len(o)
         dists = torch.cat([z[:, 1:] - z[:, :-1], ((far - near) / cfg.n_samples)[:, None]], -1)
         mid_z = z + 0.5 * dists
         pts = o[:, None] + d[:, None] * mid_z[..., None]  # (n, S, 3)
         s = pts.shape[1]
-        dirs = d[:, None].expand(n, s, 3)
+        dirs = d[:, None].expand(n, s, 3).reshape(-1, 3)
         sdf, feat, grad = self.sdf_net.sdf_and_gradient(pts.reshape(-1, 3), create_graph=training)
-        rgb = self.color_net(pts.reshape(-1, 3), grad, dirs.reshape(-1, 3), feat).reshape(n, s, 3)
+        rgb = self.color_net(pts.reshape(-1, 3), grad, dirs, feat).reshape(n, s, 3)
         inv_s = self.variance.inv_s()
-        true_cos = (dirs.reshape(-1, 3) * grad).sum(-1)
+        true_cos = (dirs * grad).sum(-1)
         a = float(cos_anneal_ratio)
         iter_cos = -(torch.relu(-true_cos * 0.5 + 0.5) * (1.0 - a) + torch.relu(-true_cos) * a)
         half = 0.5 * iter_cos * dists.reshape(-1)
@@ -226,12 +228,30 @@ class NeuSRenderer(nn.Module):
         trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha + 1e-7], -1), -1)[:, :-1]
         w = alpha * trans
         op = w.sum(-1)
-        color = (w[..., None] * rgb).sum(1) + (1 - op)[:, None] * cfg.background
-        depth = (w * mid_z).sum(-1)
-        g = grad.reshape(n, s, 3)
-        err = (g.norm(dim=-1) - 1) ** 2
-        eik = (err * inside).sum() / inside.sum().clamp(min=1)
-        out_rgb = out_rgb.index_put((hit,), color)
-        out_op = out_op.index_put((hit,), op)
-        out_depth = out_depth.index_put((hit,), depth)
-        return {"rgb": out_rgb, "opacity": out_op, "depth": out_depth, "eikonal": eik, "n_points": n * s}
+        err = (grad.reshape(n, s, 3).norm(dim=-1) - 1) ** 2
+        return {"rgb": (w[..., None] * rgb).sum(1) + (1 - op)[:, None] * cfg.background, "opacity": op,
+                "depth": (w * mid_z).sum(-1), "eikonal": (err * inside).sum() / inside.sum().clamp(min=1),
+                "n_points": n * s}
+
+    def render(self, rays_o: torch.Tensor, rays_d: torch.Tensor, cos_anneal_ratio: float = 1.0,
+               training: bool = True) -> dict:
+        """Render rays (R, 3) with unit directions.
+
+        Returns a dict: ``rgb`` (R, 3) composited on the background, ``opacity`` (R,), ``depth`` (R,)
+        (expected ray distance of the surface, background rays 0), ``eikonal`` (scalar: mean of
+        (|grad f| - 1)^2 over the samples inside the cube), ``n_points`` (int).
+        """
+        r, dev = len(rays_o), rays_o.device
+        near, far, hit = self._ray_intervals(rays_o, rays_d)
+        out = {"rgb": torch.full((r, 3), float(self.cfg.background), device=dev),
+               "opacity": torch.zeros(r, device=dev), "depth": torch.zeros(r, device=dev),
+               "eikonal": torch.zeros((), device=dev), "n_points": 0}
+        if not hit.any():
+            return out
+        o, d, near, far = rays_o[hit], rays_d[hit], near[hit], far[hit]
+        z = self._hierarchical_samples(o, d, self._coarse_samples(near, far, training))
+        sec = self._shade_sections(o, d, z, near, far, cos_anneal_ratio, training)
+        for k in ("rgb", "opacity", "depth"):
+            out[k] = out[k].index_put((hit,), sec[k])
+        out["eikonal"], out["n_points"] = sec["eikonal"], sec["n_points"]
+        return out

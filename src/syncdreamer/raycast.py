@@ -1,7 +1,8 @@
 """CPU ray casting of triangle meshes: RGBA, depth and back-projected points at a camera rig.
 
-Used by the Chamfer protocol (depth at the 16 fixed views, back-projected to points) and as a
-Blender-free renderer for tests and turntables. Ray casting goes through ``trimesh``'s intersector,
+A bottom-level module (it imports only :mod:`syncdreamer.cameras`), shared by the Chamfer protocol of
+:mod:`syncdreamer.metrics` (depth at the 16 fixed views, back-projected to points) and the turntables of
+:mod:`syncdreamer.recon.export`, and a Blender-free renderer for tests. Ray casting goes through ``trimesh``'s intersector,
 which uses Embree (the ``embreex`` package) when it is installed and trimesh's pure-Python BVH
 otherwise (correct, but ~100x slower: 16 views at 256 px take minutes instead of about a second).
 
@@ -98,6 +99,17 @@ def _surface_colors(mesh: trimesh.Trimesh, face: np.ndarray, points: np.ndarray)
     return np.full((len(face), 3), 0.7)
 
 
+def _lambert(mesh, pts, normals, light, inter, shadows: bool) -> np.ndarray:
+    """max(0, n.l) (P,) at surface points (P, 3); 0 where a ray towards the light meets the mesh (``shadows``)."""
+    lam = np.clip(normals @ light, 0, None)
+    lit = lam > 0
+    if shadows and lit.any():
+        p0 = pts[lit] + 1e-4 * normals[lit]
+        _, face, _ = raycast_mesh(mesh, p0, np.broadcast_to(light, p0.shape).copy(), inter)
+        lam[np.flatnonzero(lit)[face >= 0]] = 0.0
+    return lam
+
+
 def render_mesh(
     mesh: trimesh.Trimesh,
     poses,
@@ -108,6 +120,7 @@ def render_mesh(
     ambient: float = 0.35,
     supersample: int = 1,
     shade: bool = True,
+    shadows: bool = False,
 ) -> RenderResult:
     """Ray-cast ``mesh`` at N cameras.
 
@@ -119,6 +132,7 @@ def render_mesh(
         ambient: ambient term; colour = base * (ambient + (1 - ambient) * max(0, n.l)).
         supersample: s > 1 casts s x s rays per pixel and averages RGBA (anti-aliased alpha); depth and
             normal come from the centre-most sub-ray.
+        shadows: cast shadows: a hit point whose ray towards the light meets the mesh gets the ambient term only.
     Returns:
         :class:`RenderResult`.
     """
@@ -152,7 +166,7 @@ def render_mesh(
             nrm[hit] = fn
             base = _surface_colors(mesh, face[hit], pts[hit])
             if shade:
-                lam = np.clip(fn @ light, 0, None)
+                lam = _lambert(mesh, pts[hit], fn, light, inter, shadows)
                 base = base * (ambient + (1 - ambient) * lam)[:, None]
             col[hit] = base
         z = np.where(hit, t * (d @ poses[i][2, :3]), 0.0)
