@@ -17,8 +17,8 @@ import torch
 import torch.nn as nn
 
 from .. import cameras
-from ..diffusion.schedule import q_sample, register_schedule
 from .layers import timestep_embedding
+from .schedule import register_schedule
 from .unet import MultiviewUNet, UNetConfig
 from .volume import SpatialVolumeNet, VolumeConfig
 
@@ -314,20 +314,3 @@ class SyncDreamer(nn.Module):
             idx = torch.arange(start, min(start + chunk, N), device=x_t.device).unsqueeze(0).expand(B, -1)
             out.append(self.denoise_views(x_t, t, cond, idx, volume, t_embed, cfg_scale))
         return torch.cat(out, 1)
-
-    def training_loss(self, x0: torch.Tensor, cond: Condition, t: torch.Tensor, noise: torch.Tensor,
-                      target_index: torch.Tensor, drop_conditions: bool = False):
-        """The joint eps-loss: one t (B,) shared by all views, independent noise (B, N, 4, h, w) per view, the
-        spatial volume from all N noisy views, and MSE on one target view ``target_index`` (B, 1) per sample.
-
-        Returns ``(loss, eps_pred (B, 4, h, w))``.
-        """
-        cond = self.complete(cond)
-        x_noisy = q_sample(x0, t, noise, self.sqrt_alphas_cumprod, self.sqrt_one_minus_alphas_cumprod)
-        t_embed = self.embed_time(t)
-        volume = self.spatial_volume_for(x_noisy, t, cond, t_embed)
-        eps = self.denoise_views(x_noisy, t, cond, target_index, volume, t_embed,
-                                 drop_conditions=drop_conditions)[:, 0]
-        rows = torch.arange(x0.shape[0], device=x0.device)
-        target = noise[rows, target_index[:, 0]]
-        return torch.nn.functional.mse_loss(eps, target), eps

@@ -195,10 +195,6 @@ def build_sampler(sampler_cfg, model):
     except (ValueError, IndexError) as err:  # e.g. sample_steps outside [1, T]
         raise InputError(f"sampler {sampler_cfg.get('_target_', '?').rsplit('.', 1)[-1]} rejects these settings "
                          f"(sample_steps={sampler_cfg.get('steps')}): {err}") from None
-    timesteps = getattr(sampler, "timesteps", None)
-    if timesteps is not None and sampler_cfg.get("steps") is not None and len(timesteps) != int(sampler_cfg.steps):
-        raise InputError(f"sample_steps={sampler_cfg.steps} gives {len(timesteps)} timesteps with this sampler; "
-                         "use a divisor of 1000 (e.g. 20, 25, 50, 100, 200)")
     return sampler
 
 
@@ -328,7 +324,7 @@ def run(cfg) -> list[Path]:
             frame_input(item, int(cfg.crop_size), int(model.image_size), given, elev_cfg, threshold)
     maybe_compile(model, bool(cfg.get("compile", False)))
     sampler = build_sampler(cfg.sampler, model)
-    from ..diffusion.samplers_extra import sampler_name
+    from ..diffusion.diffusers_samplers import sampler_name
 
     log.info("model loaded in %.1f s on %s", time.perf_counter() - t0, device)
     out_dir = Path(str(cfg.output_dir)).expanduser()
