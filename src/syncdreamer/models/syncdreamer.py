@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from .. import cameras
 from .layers import timestep_embedding
+from .precision import PRECISIONS, autocast_or_null, cast_weights, to_channels_last
 from .schedule import register_schedule
 from .unet import MultiviewUNet, UNetConfig
 from .volume import SpatialVolumeNet, VolumeConfig
@@ -171,6 +172,27 @@ class SyncDreamer(nn.Module):
         self.register_buffer("poses", rig["poses"])
         self.register_buffer("Ks", rig["Ks"])
         self.register_buffer("azimuth", rig["azimuth"])
+        self.precision = "fp32"
+
+    # ------------------------------------------------------------------------------------------------------
+    # precision
+    # ------------------------------------------------------------------------------------------------------
+    def denoiser_modules(self) -> list[nn.Module]:
+        """The networks called at every sampling step (UNet + depth attention, volumes, time MLP, cc_projection)."""
+        return [self.model, self.spatial_volume, self.time_embed, self.cc_projection]
+
+    def set_precision(self, precision: str = "fp32", channels_last: bool = False) -> "SyncDreamer":
+        """Run :meth:`predict_eps` in ``fp32`` | ``bf16`` | ``fp16``: the denoiser's matmul/conv weights are cast
+        once to that dtype (norm layers, buffers and geometry stay float32) and the networks run under autocast.
+        ``channels_last`` stores the conv weights NHWC. The VAE and CLIP are left alone. Returns ``self``."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        for module in self.denoiser_modules():
+            cast_weights(module, PRECISIONS[precision])
+            if channels_last:
+                to_channels_last(module)
+        self.precision = precision
+        return self
 
     # ------------------------------------------------------------------------------------------------------
     # parameter groups
@@ -225,7 +247,8 @@ class SyncDreamer(nn.Module):
         if cond.view_embed is None:
             cond.view_embed = self.view_embedding(cond.elevation)
         if cond.clip_tokens is None:
-            cond.clip_tokens = self.project_clip(cond.clip_embed, cond.view_embed)
+            with autocast_or_null(cond.clip_embed.device, PRECISIONS[self.precision]):
+                cond.clip_tokens = self.project_clip(cond.clip_embed, cond.view_embed).float()
         return cond
 
     def _require(self, name: str):
@@ -303,14 +326,16 @@ class SyncDreamer(nn.Module):
         """eps for all N views: x_t (B, N, 4, h, w), t (B,) -> (B, N, 4, h, w).
 
         One spatial volume per call; views go through the UNet in chunks of ``batch_view_num`` (memory knob).
+        Runs in :attr:`precision` (see :meth:`set_precision`); eps is returned in float32.
         """
         cond = self.complete(cond)
         B, N = x_t.shape[:2]
-        t_embed = self.embed_time(t)
-        volume = self.spatial_volume_for(x_t, t, cond, t_embed)
-        chunk = batch_view_num or N
-        out = []
-        for start in range(0, N, chunk):
-            idx = torch.arange(start, min(start + chunk, N), device=x_t.device).unsqueeze(0).expand(B, -1)
-            out.append(self.denoise_views(x_t, t, cond, idx, volume, t_embed, cfg_scale))
-        return torch.cat(out, 1)
+        with autocast_or_null(x_t.device, PRECISIONS[self.precision]):
+            t_embed = self.embed_time(t)
+            volume = self.spatial_volume_for(x_t, t, cond, t_embed)
+            chunk = batch_view_num or N
+            out = []
+            for start in range(0, N, chunk):
+                idx = torch.arange(start, min(start + chunk, N), device=x_t.device).unsqueeze(0).expand(B, -1)
+                out.append(self.denoise_views(x_t, t, cond, idx, volume, t_embed, cfg_scale))
+        return torch.cat(out, 1).float()

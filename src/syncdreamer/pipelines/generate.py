@@ -210,6 +210,20 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """``auto`` -> ``bf16`` where the hardware runs it natively (AMX / avx512_bf16 CPU, bf16 GPU), else ``fp32``;
+    any other value is checked and returned."""
+    from ..models.precision import default_precision
+
+    precision = str(precision)
+    if precision == "auto":
+        return default_precision(device)
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be auto or one of {', '.join(PRECISIONS)}, got {precision!r}")
+    autocast_context(device, precision)
+    return precision
+
+
 def autocast_context(device: torch.device, precision: str):
     """fp32 -> no autocast; bf16 -> autocast on CPU or GPU; fp16 -> autocast on GPU only."""
     if precision not in PRECISIONS:
@@ -222,9 +236,12 @@ def autocast_context(device: torch.device, precision: str):
 
 
 def maybe_compile(model, enabled: bool):
-    """torch.compile the UNet (the only network called 2 x N / batch_view_num times per step)."""
+    """torch.compile the networks called at every step: the UNet and the spatial / frustum volume nets."""
     if enabled:
         model.model.diffusion_model = torch.compile(model.model.diffusion_model)
+        vol = model.spatial_volume
+        vol.spatial_volume_feats = torch.compile(vol.spatial_volume_feats)
+        vol.frustum_volume_feats = torch.compile(vol.frustum_volume_feats)
     return model
 
 
@@ -310,7 +327,7 @@ def run(cfg) -> list[Path]:
     if sample_num < 1:
         raise InputError(f"sample_num must be >= 1, got {sample_num}")
     device = resolve_device(cfg.get("device", "auto"))
-    autocast_context(device, str(cfg.precision))  # validate before any work
+    precision = resolve_precision(device, cfg.get("precision", "auto"))  # validate before any work
     image_size = int(cfg.model.get("image_size", 256))
     items = collect_inputs(cfg, image_size, device)
 
@@ -322,6 +339,7 @@ def run(cfg) -> list[Path]:
         given = validate_elevation(cfg.get("elevation"), cfg.get("elevation_limits") or (-90.0, 90.0))
         for item in items:
             frame_input(item, int(cfg.crop_size), int(model.image_size), given, elev_cfg, threshold)
+    model.set_precision(precision)  # denoiser weights cast once; VAE / CLIP run under autocast
     maybe_compile(model, bool(cfg.get("compile", False)))
     sampler = build_sampler(cfg.sampler, model)
     from ..diffusion.diffusers_samplers import sampler_name
@@ -333,15 +351,16 @@ def run(cfg) -> list[Path]:
     for item in items:
         t1 = time.perf_counter()
         views = to_uint8(generate_views(model, sampler, item.image, item.elevation["elevation_deg"], sample_num,
-                                        int(cfg.seed), device, str(cfg.precision), int(cfg.get("decode_batch", 16))))
+                                        int(cfg.seed), device, precision, int(cfg.get("decode_batch", 16))))
         for k in range(sample_num):
             meta = {
                 **rig_json(model, item.elevation),
                 "source": item.source,
                 "sample_index": k, "sample_num": sample_num, "seed": int(cfg.seed),
-                "cfg_scale": float(cfg.cfg_scale), "sample_steps": int(cfg.sample_steps),
+                "cfg_scale": float(cfg.cfg_scale),
+                "sample_steps": len(getattr(sampler, "timesteps", [])) or int(cfg.sample_steps),
                 "sampler": sampler_name(sampler), "eta": float(cfg.eta),
-                "crop_size": int(cfg.crop_size), "precision": str(cfg.precision),
+                "crop_size": int(cfg.crop_size), "precision": precision,
                 "foreground": {"method": item.foreground, "mask": "mask.png"},
                 "checkpoint": str(cfg.checkpoint),
             }
