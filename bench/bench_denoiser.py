@@ -118,8 +118,8 @@ def bench_config(name: str, device: str, rows, repeats: int, candidate_repeats: 
     reinit_zero_layers(model)
     model = model.to(device)
     N, C, h = model.view_num, model.latent_channels, model.latent_size
-    cond = model.complete(Condition(torch.randn(1, C, h, h, device=device),
-                                    torch.randn(1, 1, model.clip_dim, device=device), torch.tensor([0.3], device=device)))
+    clip = torch.randn(1, 1, model.clip_dim, device=device)
+    cond = model.complete(Condition(torch.randn(1, C, h, h, device=device), clip, torch.tensor([0.3], device=device)))
     inputs = (torch.randn(1, N, C, h, h, device=device), torch.tensor([500], device=device), cond)
     params = sum(p.numel() for p in model.parameters()) / 1e6
     out, ref, base = [], None, None

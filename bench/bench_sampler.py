@@ -129,8 +129,8 @@ def ode_error_table(args) -> int:
     for seed in args.seeds:
         g = torch.Generator().manual_seed(seed)
         C, h, N = model.latent_channels, model.latent_size, model.view_num
-        cond = model.complete(Condition(torch.randn(1, C, h, h, generator=g), torch.randn(1, 1, model.clip_dim, generator=g),
-                                        torch.tensor([0.3])))
+        latent, clip = torch.randn(1, C, h, h, generator=g), torch.randn(1, 1, model.clip_dim, generator=g)
+        cond = model.complete(Condition(latent, clip, torch.tensor([0.3])))
         x_T = torch.randn(1, N, C, h, h, generator=g)
         ref = SyncDDIMSampler(model, steps=args.reference_steps, eta=0.0, cfg_scale=cfg, batch_view_num=bvn).sample(
             cond, x_T=x_T)
@@ -161,7 +161,8 @@ def main(argv=None):
                    "fp32 bf16 bf16+compile on a GPU)")
     p.add_argument("--ode-error", action="store_true", help="instead: the sampler comparison on the ODE error "
                    "against a long deterministic DDIM run (see ode_error_table)")
-    p.add_argument("--reference-steps", type=int, default=500, help="500 = every 2nd timestep; the official timestep rule at 1000 steps would visit t = 1000, outside the schedule")
+    p.add_argument("--reference-steps", type=int, default=500, help="500 = every 2nd timestep; the official timestep "
+                   "rule at 1000 steps would visit t = 1000, outside the schedule")
     p.add_argument("--solver-steps", type=int, nargs="*", default=[10, 15, 20, 25])
     p.add_argument("--seeds", type=int, nargs="*", default=[0])
     p.add_argument("--weights", default=None, help="safetensors denoiser weights for --ode-error (e.g. the golden "

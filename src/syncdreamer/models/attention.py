@@ -62,7 +62,8 @@ class CrossAttention(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         context = x if context is None else context
         b, h = x.shape[0], self.heads
-        if self.single_token_shortcut and context is not x and context.shape[1] == 1 and not (self.training and self.to_out[1].p > 0):
+        dropout_on = self.training and self.to_out[1].p > 0
+        if self.single_token_shortcut and context is not x and context.shape[1] == 1 and not dropout_on:
             # softmax over a single key is exactly 1: every query receives that token's value (the CLIP token
             # of Zero123/SyncDreamer), so q and the attention product are skipped.
             out = self.to_out(self.to_v(context))
