@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "bench"))
 
 
 def build(config: str, device: torch.device):
@@ -43,8 +45,15 @@ def bench_one(model, device, precision: str, steps: int, measure: int, cfg_scale
     """-> dict(per_step_s, total_s, decode_s, peak) for one object (B = 1)."""
     from syncdreamer.diffusion.sampler import SyncDDIMSampler
 
+    compiled = precision.endswith("+compile")
+    precision = precision.split("+")[0]
+    model.set_precision(precision)
+    if compiled:
+        from bench_denoiser import compile_denoiser
+
+        compile_denoiser(model)
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    ctx = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+    ctx = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()  # VAE / CLIP
     S = model.image_size
     img = torch.rand(1, 3, S, S, device=device) * 2 - 1
     sampler = SyncDDIMSampler(model, steps=steps, cfg_scale=cfg_scale, batch_view_num=batch_view_num)
@@ -80,6 +89,66 @@ def bench_one(model, device, precision: str, steps: int, measure: int, cfg_scale
                 measured=n)
 
 
+def ode_model(config: str, weights: str | None):
+    """The denoiser of ``config`` (no VAE / CLIP) with ``weights`` or random weights (zero layers re-initialised)."""
+    from bench_denoiser import model_cfg, reinit_zero_layers
+
+    from syncdreamer.checkpoints import build_model
+
+    torch.manual_seed(0)
+    model = build_model(model_cfg(config)).eval().requires_grad_(False)
+    if weights:
+        from safetensors.torch import load_file
+
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in load_file(weights).items()})
+    else:
+        reinit_zero_layers(model)
+    return model
+
+
+def ode_error_table(args) -> int:
+    """Which solver / step count reaches the deterministic DDIM-50 error on the probability-flow ODE.
+
+    For each seed: one random condition and start noise; the reference is DDIM with eta = 0 and
+    ``--reference-steps`` steps (the ODE solved finely); each sampler's final latents are compared with it by the
+    relative L2 error. The proxy-model metrics (mask IoU, PSNR, Chamfer) are not used here.
+    """
+    from syncdreamer.diffusion.diffusers_samplers import SyncDPMSolverSampler, SyncUniPCSampler
+    from syncdreamer.diffusion.sampler import SyncDDIMSampler
+    from syncdreamer.models import Condition
+
+    config = (args.configs or ["syncdreamer_tiny"])[0]
+    model = ode_model(config, args.weights)
+    bvn, cfg = (args.batch_view_num or [None])[0], args.cfg_scale
+    runs = [("DDIM, eta 0", SyncDDIMSampler, dict(eta=0.0), 50)]
+    runs += [("DDIM, eta 0", SyncDDIMSampler, dict(eta=0.0), s) for s in args.solver_steps]
+    end = dict(final_sigmas_type="sigma_min")  # end at alphas_cumprod[0], like DDIM and the reference
+    runs += [(name, cls, end, s) for name, cls in (("DPM-Solver++ (2M)", SyncDPMSolverSampler),
+                                                 ("UniPC (bh2)", SyncUniPCSampler)) for s in args.solver_steps]
+    errs: dict[tuple[str, int], list[float]] = {}
+    for seed in args.seeds:
+        g = torch.Generator().manual_seed(seed)
+        C, h, N = model.latent_channels, model.latent_size, model.view_num
+        latent, clip = torch.randn(1, C, h, h, generator=g), torch.randn(1, 1, model.clip_dim, generator=g)
+        cond = model.complete(Condition(latent, clip, torch.tensor([0.3])))
+        x_T = torch.randn(1, N, C, h, h, generator=g)
+        ref = SyncDDIMSampler(model, steps=args.reference_steps, eta=0.0, cfg_scale=cfg, batch_view_num=bvn).sample(
+            cond, x_T=x_T)
+        for name, cls, kw, steps in runs:
+            out = cls(model, steps=steps, cfg_scale=cfg, batch_view_num=bvn, **kw).sample(cond, x_T=x_T)
+            errs.setdefault((name, steps), []).append(((out - ref).norm() / ref.norm()).item())
+            print(f"  seed {seed} {name} {steps}: {errs[(name, steps)][-1]:.4f}", file=sys.stderr, flush=True)
+    target = max(errs[("DDIM, eta 0", 50)])
+    print(f"\nODE error of the final latents against DDIM (eta 0) with {args.reference_steps} steps; {config}, "
+          f"{'weights ' + args.weights if args.weights else 'random weights'}, CFG {cfg}, seeds {args.seeds}\n")
+    print("| sampler | steps | rel. L2 error (mean over seeds) | max over seeds | <= DDIM-50 (eta 0) |")
+    print("|---|---|---|---|---|")
+    for (name, steps), e in errs.items():
+        ok = "yes" if max(e) <= target else "no"
+        print(f"| {name} | {steps} | {sum(e) / len(e):.4f} | {max(e):.4f} | {ok} |")
+    return 0
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", nargs="*", default=None, help="model configs (default: tiny on CPU, + full on GPU)")
@@ -88,14 +157,26 @@ def main(argv=None):
     p.add_argument("--cfg-scale", type=float, default=2.0)
     p.add_argument("--batch-view-num", type=int, nargs="*", default=[8, 16])
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--precision", nargs="*", default=None, help="fp32 bf16 bf16+compile (default: fp32 on CPU; "
+                   "fp32 bf16 bf16+compile on a GPU)")
+    p.add_argument("--ode-error", action="store_true", help="instead: the sampler comparison on the ODE error "
+                   "against a long deterministic DDIM run (see ode_error_table)")
+    p.add_argument("--reference-steps", type=int, default=500, help="500 = every 2nd timestep; the official timestep "
+                   "rule at 1000 steps would visit t = 1000, outside the schedule")
+    p.add_argument("--solver-steps", type=int, nargs="*", default=[10, 15, 20, 25])
+    p.add_argument("--seeds", type=int, nargs="*", default=[0])
+    p.add_argument("--weights", default=None, help="safetensors denoiser weights for --ode-error (e.g. the golden "
+                   "denoiser_tiny fixture); default: random with the zero-initialised layers re-initialised")
     args = p.parse_args(argv)
+    if args.ode_error:
+        return ode_error_table(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     for device in devices:
         configs = args.configs or (["syncdreamer_tiny"] if device.type == "cpu" else ["syncdreamer_tiny", "syncdreamer"])
-        precisions = ["fp32"] if device.type == "cpu" else ["fp32", "bf16"]
+        precisions = args.precision or (["fp32"] if device.type == "cpu" else ["fp32", "bf16", "bf16+compile"])
         measure = args.measure_steps if args.measure_steps is not None else (2 if device.type == "cpu" else 0)
         for config in configs:
             model = build(config, device)

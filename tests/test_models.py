@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from syncdreamer.diffusion.loss import training_loss
 from syncdreamer.models import Condition, SyncDreamer
 from syncdreamer.models.attention import attention
 
@@ -97,7 +98,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_grads_and_frozen_parts_g
         m.train()
         c = cond_for(m)
         x0, noise = torch.randn(2, 4, 4, 8, 8), torch.randn(2, 4, 4, 8, 8)
-        loss, _ = m.training_loss(x0, c, torch.tensor([5, 600]), noise, torch.tensor([[1], [3]]))
+        loss, _ = training_loss(m, x0, c, torch.tensor([5, 600]), noise, torch.tensor([[1], [3]]))
         loss.backward()
         losses.append(loss.item())
         groups = m.trainable_parameter_groups()
@@ -187,5 +188,5 @@ def test_without_depth_attention_no_volume_is_computed(monkeypatch):
     c, x = m.complete(cond_for(m)), torch.randn(2, 4, 4, 8, 8)
     with torch.no_grad():
         assert m.predict_eps(x, torch.tensor([3, 700]), c, 2.0, 2).shape == x.shape
-        loss, _ = m.training_loss(x, c, torch.tensor([3, 700]), torch.randn_like(x), torch.tensor([[0], [1]]))
+        loss, _ = training_loss(m, x, c, torch.tensor([3, 700]), torch.randn_like(x), torch.tensor([[0], [1]]))
     assert torch.isfinite(loss)

@@ -149,7 +149,7 @@ class _Cond:
 
 
 def test_dpmsolver_calls_all_views_once_per_step_and_order1_is_ddim():
-    from syncdreamer.diffusion.samplers_extra import SyncDPMSolverSampler, sampler_name
+    from syncdreamer.diffusion.diffusers_samplers import SyncDPMSolverSampler, sampler_name
 
     m = _FakeModel()
     s = SyncDPMSolverSampler(m, steps=5, cfg_scale=2.5, batch_view_num=4, solver_order=1)
@@ -172,7 +172,7 @@ def test_dpmsolver_calls_all_views_once_per_step_and_order1_is_ddim():
 
 
 def test_ddim_sampler_name():
-    from syncdreamer.diffusion.samplers_extra import sampler_name
+    from syncdreamer.diffusion.diffusers_samplers import sampler_name
     from syncdreamer.diffusion.sampler import SyncDDIMSampler
 
     assert sampler_name(SyncDDIMSampler(_FakeModel(), steps=4)) == "ddim"

@@ -69,7 +69,7 @@ def init_from_zero123(model: nn.Module, path: str | Path) -> dict:
 
 
 def _schedule_names() -> tuple[str, ...]:
-    from ..diffusion.schedule import SCHEDULE_BUFFERS
+    from ..models.schedule import SCHEDULE_BUFFERS
 
     return SCHEDULE_BUFFERS
 

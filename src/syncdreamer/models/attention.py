@@ -40,7 +40,13 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = 
 
 
 class CrossAttention(nn.Module):
-    """LDM ``CrossAttention``: x (B, L, query_dim), context (B, Lc, context_dim) -> (B, L, query_dim)."""
+    """LDM ``CrossAttention``: x (B, L, query_dim), context (B, Lc, context_dim) -> (B, L, query_dim).
+
+    With a single context token (Zero123's projected CLIP token) the attention weights are exactly 1, so the
+    output is that token's value for every query; :attr:`single_token_shortcut` skips q and the attention then.
+    """
+
+    single_token_shortcut = True
 
     def __init__(self, query_dim: int, context_dim: int | None = None, heads: int = 8, dim_head: int = 64,
                  dropout: float = 0.0, backend: str = "sdpa"):
@@ -56,6 +62,12 @@ class CrossAttention(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         context = x if context is None else context
         b, h = x.shape[0], self.heads
+        dropout_on = self.training and self.to_out[1].p > 0
+        if self.single_token_shortcut and context is not x and context.shape[1] == 1 and not dropout_on:
+            # softmax over a single key is exactly 1: every query receives that token's value (the CLIP token
+            # of Zero123/SyncDreamer), so q and the attention product are skipped.
+            out = self.to_out(self.to_v(context))
+            return out.expand(b, x.shape[1], out.shape[-1])
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
         q, k, v = (t.reshape(b, t.shape[1], h, -1).transpose(1, 2) for t in (q, k, v))
         out = attention(q, k, v, self.backend)

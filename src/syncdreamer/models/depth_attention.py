@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .layers import maybe_checkpoint, zero_module
 
@@ -12,13 +13,15 @@ class DepthAttention(nn.Module):
 
     x (B, query_dim, H, W) and context (B, context_dim, D, H, W) -> (B, query_dim, H, W): for every pixel,
     softmax over the D samples of that pixel only, ``heads`` heads, scale ``dim_head ** -0.5``. q is a 1x1
-    Conv2d, k/v are 1x1x1 Conv3d, the output a 1x1 Conv2d (all without bias).
+    Conv2d, k/v are 1x1x1 Conv3d, the output a 1x1 Conv2d (all without bias). ``backend="sdpa"`` runs the
+    per-pixel attention as one ``scaled_dot_product_attention`` call over (B*H*W, heads, 1 query, D keys);
+    ``"math"`` is the explicit einsum/softmax reference.
     """
 
-    def __init__(self, query_dim: int, context_dim: int, heads: int, dim_head: int):
+    def __init__(self, query_dim: int, context_dim: int, heads: int, dim_head: int, backend: str = "sdpa"):
         super().__init__()
         inner = heads * dim_head
-        self.heads, self.dim_head, self.scale = heads, dim_head, dim_head ** -0.5
+        self.heads, self.dim_head, self.scale, self.backend = heads, dim_head, dim_head ** -0.5, backend
         self.to_q = nn.Conv2d(query_dim, inner, 1, bias=False)
         self.to_k = nn.Conv3d(context_dim, inner, 1, bias=False)
         self.to_v = nn.Conv3d(context_dim, inner, 1, bias=False)
@@ -31,9 +34,16 @@ class DepthAttention(nn.Module):
         q = self.to_q(x).reshape(b, hn, hd, h, w)
         k = self.to_k(context).reshape(b, hn, hd, d, h, w)
         v = self.to_v(context).reshape(b, hn, hd, d, h, w)
-        attn = (torch.einsum("bnchw,bncdhw->bndhw", q, k) * self.scale).softmax(dim=2)
-        out = torch.einsum("bndhw,bncdhw->bnchw", attn, v)
-        return self.to_out(out.reshape(b, hn * hd, h, w))
+        if self.backend == "math":
+            attn = (torch.einsum("bnchw,bncdhw->bndhw", q, k) * self.scale).softmax(dim=2)
+            out = torch.einsum("bndhw,bncdhw->bnchw", attn, v)
+            return self.to_out(out.reshape(b, hn * hd, h, w))
+        q = q.permute(0, 3, 4, 1, 2).reshape(b * h * w, hn, 1, hd)
+        k, v = (t.permute(0, 4, 5, 1, 3, 2).reshape(b * h * w, hn, d, hd) for t in (k, v))
+        out = F.scaled_dot_product_attention(q, k, v)  # (b*h*w, hn, 1, hd)
+        out = out.reshape(b, h, w, hn * hd).permute(0, 3, 1, 2)
+        return self.to_out(out.contiguous(memory_format=torch.channels_last) if x.is_contiguous(
+            memory_format=torch.channels_last) else out.contiguous())
 
 
 class DepthTransformer(nn.Module):
@@ -45,13 +55,13 @@ class DepthTransformer(nn.Module):
     """
 
     def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int, groups: int = 8,
-                 use_checkpoint: bool = False):
+                 use_checkpoint: bool = False, backend: str = "sdpa"):
         super().__init__()
         inner = heads * dim_head
         self.proj_in = nn.Sequential(nn.Conv2d(dim, inner, 1), nn.GroupNorm(groups, inner), nn.SiLU())
         self.proj_context = nn.Sequential(nn.Conv3d(context_dim, context_dim, 1, bias=False),
                                           nn.GroupNorm(groups, context_dim), nn.ReLU())
-        self.depth_attn = DepthAttention(inner, context_dim, heads, dim_head)
+        self.depth_attn = DepthAttention(inner, context_dim, heads, dim_head, backend)
         self.proj_out = nn.Sequential(
             nn.GroupNorm(groups, inner), nn.ReLU(), nn.Conv2d(inner, inner, 3, 1, 1, bias=False),
             nn.GroupNorm(groups, inner), nn.ReLU(), zero_module(nn.Conv2d(inner, dim, 3, 1, 1, bias=False)))

@@ -18,8 +18,9 @@ import torch.nn as nn
 
 from .. import cameras
 from ..config import dataclass_from
-from ..diffusion.schedule import q_sample, register_schedule
 from .layers import timestep_embedding
+from .precision import PRECISIONS, autocast_or_null, cast_weights, to_channels_last
+from .schedule import register_schedule
 from .unet import MultiviewUNet, UNetConfig
 from .volume import SpatialVolumeNet, VolumeConfig
 
@@ -161,6 +162,27 @@ class SyncDreamer(nn.Module):
         self.register_buffer("poses", rig["poses"])
         self.register_buffer("Ks", rig["Ks"])
         self.register_buffer("azimuth", rig["azimuth"])
+        self.precision = "fp32"
+
+    # ------------------------------------------------------------------------------------------------------
+    # precision
+    # ------------------------------------------------------------------------------------------------------
+    def denoiser_modules(self) -> list[nn.Module]:
+        """The networks called at every sampling step (UNet + depth attention, volumes, time MLP, cc_projection)."""
+        return [self.model, self.spatial_volume, self.time_embed, self.cc_projection]
+
+    def set_precision(self, precision: str = "fp32", channels_last: bool = False) -> "SyncDreamer":
+        """Run :meth:`predict_eps` in ``fp32`` | ``bf16`` | ``fp16``: the denoiser's matmul/conv weights are cast
+        once to that dtype (norm layers, buffers and geometry stay float32) and the networks run under autocast.
+        ``channels_last`` stores the conv weights NHWC. The VAE and CLIP are left alone. Returns ``self``."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        for module in self.denoiser_modules():
+            cast_weights(module, PRECISIONS[precision])
+            if channels_last:
+                to_channels_last(module)
+        self.precision = precision
+        return self
 
     # ------------------------------------------------------------------------------------------------------
     # parameter groups
@@ -215,7 +237,8 @@ class SyncDreamer(nn.Module):
         if cond.view_embed is None:
             cond.view_embed = self.view_embedding(cond.elevation)
         if cond.clip_tokens is None:
-            cond.clip_tokens = self.project_clip(cond.clip_embed, cond.view_embed)
+            with autocast_or_null(cond.clip_embed.device, PRECISIONS[self.precision]):
+                cond.clip_tokens = self.project_clip(cond.clip_embed, cond.view_embed).float()
         return cond
 
     def _require(self, name: str):
@@ -293,31 +316,16 @@ class SyncDreamer(nn.Module):
         """eps for all N views: x_t (B, N, 4, h, w), t (B,) -> (B, N, 4, h, w).
 
         One spatial volume per call; views go through the UNet in chunks of ``batch_view_num`` (memory knob).
+        Runs in :attr:`precision` (see :meth:`set_precision`); eps is returned in float32.
         """
         cond = self.complete(cond)
         B, N = x_t.shape[:2]
-        t_embed = self.embed_time(t)
-        volume = self.spatial_volume_for(x_t, t, cond, t_embed)
-        chunk = batch_view_num or N
-        out = []
-        for start in range(0, N, chunk):
-            idx = torch.arange(start, min(start + chunk, N), device=x_t.device).unsqueeze(0).expand(B, -1)
-            out.append(self.denoise_views(x_t, t, cond, idx, volume, t_embed, cfg_scale))
-        return torch.cat(out, 1)
-
-    def training_loss(self, x0: torch.Tensor, cond: Condition, t: torch.Tensor, noise: torch.Tensor,
-                      target_index: torch.Tensor, drop_conditions: bool = False):
-        """The joint eps-loss: one t (B,) shared by all views, independent noise (B, N, 4, h, w) per view, the
-        spatial volume from all N noisy views, and MSE on one target view ``target_index`` (B, 1) per sample.
-
-        Returns ``(loss, eps_pred (B, 4, h, w))``.
-        """
-        cond = self.complete(cond)
-        x_noisy = q_sample(x0, t, noise, self.sqrt_alphas_cumprod, self.sqrt_one_minus_alphas_cumprod)
-        t_embed = self.embed_time(t)
-        volume = self.spatial_volume_for(x_noisy, t, cond, t_embed)
-        eps = self.denoise_views(x_noisy, t, cond, target_index, volume, t_embed,
-                                 drop_conditions=drop_conditions)[:, 0]
-        rows = torch.arange(x0.shape[0], device=x0.device)
-        target = noise[rows, target_index[:, 0]]
-        return torch.nn.functional.mse_loss(eps, target), eps
+        with autocast_or_null(x_t.device, PRECISIONS[self.precision]):
+            t_embed = self.embed_time(t)
+            volume = self.spatial_volume_for(x_t, t, cond, t_embed)
+            chunk = batch_view_num or N
+            out = []
+            for start in range(0, N, chunk):
+                idx = torch.arange(start, min(start + chunk, N), device=x_t.device).unsqueeze(0).expand(B, -1)
+                out.append(self.denoise_views(x_t, t, cond, idx, volume, t_embed, cfg_scale))
+        return torch.cat(out, 1).float()

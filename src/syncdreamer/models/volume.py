@@ -235,7 +235,8 @@ class SpatialVolumeNet(nn.Module):
         uv = cam[:, :2] / z
         uv = uv / ((w - 1) / 2) - 1  # align_corners=True normalisation (w == h)
         grid = uv.permute(0, 2, 1).reshape(1, N, V, V * V, 2).expand(B, -1, -1, -1, -1).reshape(B * N, V, V * V, 2)
-        sampled = F.grid_sample(feats, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        sampled = F.grid_sample(feats.float(), grid.float(), mode="bilinear", padding_mode="zeros",
+                                align_corners=True).to(feats.dtype)  # sampling positions stay float32
         volume = sampled.reshape(B, N * Ce, V, V, V)  # channel = view * Ce + c
         return self.spatial_volume_feats(volume, t_embed)
 
@@ -250,7 +251,11 @@ class SpatialVolumeNet(nn.Module):
         B, TN = target_indices.shape
         xyz, _ = self.frustum_points(poses[target_indices.reshape(-1)], Ks[target_indices.reshape(-1)])
         grid = (xyz / self.cfg.volume_length).permute(0, 2, 3, 4, 1)  # B*TN, D, h, w, 3
-        vol = spatial_volume.repeat_interleave(TN, 0)
-        feats = F.grid_sample(vol, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        D, h, w = grid.shape[1:4]
+        # one grid_sample per object over all its target frustums stacked along depth (no volume copies)
+        grid = grid.reshape(B, TN * D, h, w, 3).to(torch.float32)
+        feats = F.grid_sample(spatial_volume.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        C = feats.shape[1]
+        feats = feats.reshape(B, C, TN, D, h, w).transpose(1, 2).reshape(B * TN, C, D, h, w).to(spatial_volume.dtype)
         v = v_embed[torch.arange(B, device=v_embed.device)[:, None], target_indices].reshape(B * TN, -1)
         return self.frustum_volume_feats(feats, t_embed.repeat_interleave(TN, 0), v)

@@ -39,7 +39,7 @@ from .errors import InputError
 from .foreground import METHODS, ForegroundConfig
 from ..config import dataclass_from
 from ..devices import pick_device
-from .generate import (build_sampler, generate_views, load_model, prepare_one,
+from .generate import (build_sampler, generate_views, load_model, prepare_one, resolve_precision,
                        to_uint8, validate_elevation, view_set_meta, write_view_set, _slug)
 from .preprocess import load_image
 
@@ -85,6 +85,7 @@ class Studio:
     model: torch.nn.Module
     device: torch.device
     checkpoint: Path
+    precision: str = "fp32"
     text2image_pipe: object = None
 
     @classmethod
@@ -94,9 +95,12 @@ class Studio:
         if cfg.get("num_threads"):
             torch.set_num_threads(_as_int(cfg.num_threads, "num_threads", minimum=1))
         t0 = time.perf_counter()
+        precision = resolve_precision(device, cfg.get("precision", "auto"))
         model = load_model(checkpoint, cfg.model).to(device)
-        log.info("model loaded from %s in %.1f s on %s", checkpoint, time.perf_counter() - t0, device)
-        return cls(cfg, model, device, checkpoint)
+        model.set_precision(precision)  # denoiser weights cast once; VAE / CLIP run under autocast
+        log.info("model loaded from %s in %.1f s on %s (%s)", checkpoint, time.perf_counter() - t0, device,
+                 precision)
+        return cls(cfg, model, device, checkpoint, precision)
 
     @property
     def has_text2image(self) -> bool:
@@ -161,13 +165,13 @@ class Studio:
                 progress((i + 1, total), desc="sampling the views", unit="steps")
 
         views = generate_views(self.model, sampler, item.image, item.elevation["elevation_deg"], 1, int(cfg.seed),
-                               self.device, str(cfg.precision), int(cfg.get("decode_batch", 16)), callback=step)
+                               self.device, self.precision, int(cfg.get("decode_batch", 16)), callback=step)
         stem = Path(str(cfg.output_dir)) / f"{time.strftime('%Y%m%d-%H%M%S')}_{item.name}"
         job, k = stem, 1
         while job.exists():  # two jobs within one second
             k += 1
             job = stem.with_name(f"{stem.name}_{k}")
-        meta = view_set_meta(cfg, self.model, sampler, item)
+        meta = view_set_meta(cfg, self.model, sampler, item, precision=self.precision)
         return write_view_set(job / "views", to_uint8(views)[0], item, meta, int(cfg.output.gif_frame_ms))
 
     def reconstruct(self, views_dir: Path, progress=None) -> dict:

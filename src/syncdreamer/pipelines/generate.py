@@ -264,11 +264,21 @@ def build_sampler(sampler_cfg, model):
     except (ValueError, IndexError) as err:  # e.g. sample_steps outside [1, T]
         raise InputError(f"sampler {sampler_cfg.get('_target_', '?').rsplit('.', 1)[-1]} rejects these settings "
                          f"(sample_steps={sampler_cfg.get('steps')}): {err}") from None
-    timesteps = getattr(sampler, "timesteps", None)
-    if timesteps is not None and sampler_cfg.get("steps") is not None and len(timesteps) != int(sampler_cfg.steps):
-        raise InputError(f"sample_steps={sampler_cfg.steps} gives {len(timesteps)} timesteps with this sampler; "
-                         "use a divisor of 1000 (e.g. 20, 25, 50, 100, 200)")
     return sampler
+
+
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """``auto`` -> ``bf16`` where the hardware runs it natively (AMX / avx512_bf16 CPU, bf16 GPU), else ``fp32``;
+    any other value is checked and returned."""
+    from ..models.precision import default_precision
+
+    precision = str(precision)
+    if precision == "auto":
+        return default_precision(device)
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be auto or one of {', '.join(PRECISIONS)}, got {precision!r}")
+    autocast_context(device, precision)
+    return precision
 
 
 def autocast_context(device: torch.device, precision: str):
@@ -283,9 +293,12 @@ def autocast_context(device: torch.device, precision: str):
 
 
 def maybe_compile(model, enabled: bool):
-    """torch.compile the UNet (the only network called 2 x N / batch_view_num times per step)."""
+    """torch.compile the networks called at every step: the UNet and the spatial / frustum volume nets."""
     if enabled:
         model.model.diffusion_model = torch.compile(model.model.diffusion_model)
+        vol = model.spatial_volume
+        vol.spatial_volume_feats = torch.compile(vol.spatial_volume_feats)
+        vol.frustum_volume_feats = torch.compile(vol.frustum_volume_feats)
     return model
 
 
@@ -338,17 +351,20 @@ def rig_json(model, elevation: dict) -> dict:
     }
 
 
-def view_set_meta(cfg, model, sampler, item: PreparedInput, sample_index: int = 0, sample_num: int = 1) -> dict:
-    """The ``cameras.json`` of one generated sample: rig, input elevation and the settings that made it."""
-    from ..diffusion.samplers_extra import sampler_name
+def view_set_meta(cfg, model, sampler, item: PreparedInput, sample_index: int = 0, sample_num: int = 1,
+                  precision: str | None = None) -> dict:
+    """The ``cameras.json`` of one generated sample: rig, input elevation and the settings that made it
+    (``precision``: the one that ran, default ``cfg.precision``)."""
+    from ..diffusion.diffusers_samplers import sampler_name
 
     return {
         **rig_json(model, item.elevation),
         "source": item.source,
         "sample_index": sample_index, "sample_num": sample_num, "seed": int(cfg.seed),
-        "cfg_scale": float(cfg.cfg_scale), "sample_steps": int(cfg.sample_steps),
+        "cfg_scale": float(cfg.cfg_scale),
+        "sample_steps": len(getattr(sampler, "timesteps", [])) or int(cfg.sample_steps),
         "sampler": sampler_name(sampler), "eta": float(cfg.eta),
-        "crop_size": int(cfg.crop_size), "precision": str(cfg.precision),
+        "crop_size": int(cfg.crop_size), "precision": str(precision or cfg.precision),
         "foreground": {"method": item.foreground, "mask": "mask.png"},
         "checkpoint": str(cfg.checkpoint), "model_weights": weights_json(model),
     }
@@ -391,7 +407,7 @@ def run(cfg) -> list[Path]:
         device = pick_device(cfg.get("device", "auto"))
     except DeviceError as err:
         raise InputError(str(err)) from None
-    autocast_context(device, str(cfg.precision))  # validate before any work
+    precision = resolve_precision(device, cfg.get("precision", "auto"))  # validate before any work
     image_size = int(cfg.model.get("image_size", 256))
     items = collect_inputs(cfg, image_size, device)
 
@@ -404,6 +420,7 @@ def run(cfg) -> list[Path]:
         given = validate_elevation(cfg.get("elevation"), cfg.get("elevation_limits") or (-90.0, 90.0))
         for item in items:
             frame_input(item, int(cfg.crop_size), int(model.image_size), given, elev_cfg, threshold)
+    model.set_precision(precision)  # denoiser weights cast once; VAE / CLIP run under autocast
     maybe_compile(model, bool(cfg.get("compile", False)))
     sampler = build_sampler(cfg.sampler, model)
     log.info("model loaded in %.1f s on %s", time.perf_counter() - t0, device)
@@ -413,9 +430,9 @@ def run(cfg) -> list[Path]:
     for item in items:
         t1 = time.perf_counter()
         views = to_uint8(generate_views(model, sampler, item.image, item.elevation["elevation_deg"], sample_num,
-                                        int(cfg.seed), device, str(cfg.precision), int(cfg.get("decode_batch", 16))))
+                                        int(cfg.seed), device, precision, int(cfg.get("decode_batch", 16))))
         for k in range(sample_num):
-            meta = view_set_meta(cfg, model, sampler, item, k, sample_num)
+            meta = view_set_meta(cfg, model, sampler, item, k, sample_num, precision)
             name = item.name if k == 0 else f"{item.name}_s{k}"
             written.append(write_view_set(out_dir / name, views[k], item, meta, int(cfg.output.gif_frame_ms),
                                           bool(cfg.get("overwrite", True))))

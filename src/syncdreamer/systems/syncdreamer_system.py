@@ -4,7 +4,7 @@ The network is a plain ``nn.Module`` built elsewhere (Hydra ``model=...``); this
 recipe of the official ``SyncMultiviewDiffusion`` (spec section 3):
 
 * per sample one timestep ``t ~ U{0..T-1}`` shared by all N views, independent Gaussian noise per view and
-  one target view ``n ~ U{0..N-1}``; loss = :meth:`SyncDreamer.training_loss` (plain eps-MSE on view n);
+  one target view ``n ~ U{0..N-1}``; loss = :func:`syncdreamer.diffusion.loss.training_loss` (plain eps-MSE on view n);
 * VAE encoding of the targets and the input inside the step under ``no_grad`` (posterior samples), unless
   the batch already carries latents (latent cache: posterior mean/std; or sampled latents);
 * AdamW over the depth-wise attention (``lr``) and the volume nets (``lr * volume_lr_mult``), optionally
@@ -20,6 +20,8 @@ The random draws of a step come from :meth:`draw`; pass ``draws=`` to :meth:`com
 """
 from __future__ import annotations
 
+import contextlib
+
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,7 @@ import torch
 from torch import nn
 
 from ..config import dataclass_from, to_plain
+from ..diffusion.loss import training_loss
 from ..diffusion.sampler import SyncDDIMSampler
 from ..models.syncdreamer import Condition, SyncDreamer
 from .ema import ParameterEMA
@@ -246,8 +249,8 @@ class SyncDreamerSystem(L.LightningModule):
         x0, cond = self.encode_batch(batch, generator)
         if draws is None:
             draws = self.draw_hook(x0) if self.draw_hook is not None else self.draw(x0, generator)
-        return self.model.training_loss(x0, cond, draws.t.to(x0.device).long(), draws.noise.to(x0),
-                                        draws.target_index.to(x0.device).long(), drop_conditions=drop_conditions)
+        return training_loss(self.model, x0, cond, draws.t.to(x0.device).long(), draws.noise.to(x0),
+                             draws.target_index.to(x0.device).long(), drop_conditions=drop_conditions)
 
     # ------------------------------------------------------------------------------------------ training
     def on_fit_start(self) -> None:
@@ -298,7 +301,7 @@ class SyncDreamerSystem(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         v = self.val_cfg
         seed = v.seed + batch_idx
-        ctx = self.ema.swapped() if (self.ema is not None and v.use_ema) else _nullcontext()
+        ctx = self.ema.swapped() if (self.ema is not None and v.use_ema) else contextlib.nullcontext()
         with ctx:
             views = self.sample_views(batch["input_image"], batch["input_elevation"], seed)
             if "target_image" in batch:
@@ -334,14 +337,6 @@ class SyncDreamerSystem(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._val_rows, self._val_losses = [], []
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def make_grid(rows: torch.Tensor) -> np.ndarray:
