@@ -53,7 +53,8 @@ def server(tmp_path_factory):
     cmd = [sys.executable, str(REPO / "app.py"), f"hydra.searchpath=[file://{root / 'conf'}]", "model=micro",
            f"checkpoint={root / 'micro.ckpt'}", f"port={port}", "host=127.0.0.1", f"output_dir={out}",
            "device=cpu", "sample_steps=5", "recon_steps=3", "recon.mesh.resolution=32", "recon.turntable.frames=3",
-           "recon.turntable.size=24", "recon.train.batch_rays=64", "recon.train.fg_rays=32", "num_threads=1"]
+           "recon.turntable.size=24", "recon.train.batch_rays=64", "recon.train.fg_rays=32", "num_threads=1",
+           "elevation_estimate.method=silhouette"]  # the page's estimate path (the CLI default is a fixed 30)
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "GRADIO_ANALYTICS_ENABLED": "False"}
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
@@ -259,7 +260,8 @@ def test_studio_jobs_report_progress_and_take_the_edited_elevation(tmp_path):
     cfg = compose_app(f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "model=micro",
                       f"checkpoint={tmp_path / 'micro.ckpt'}", f"output_dir={tmp_path / 'out'}", "device=cpu",
                       "recon_steps=3", "recon.mesh.resolution=32", "recon.turntable.frames=3",
-                      "recon.turntable.size=24", "recon.train.batch_rays=64", "recon.train.fg_rays=32")
+                      "recon.turntable.size=24", "recon.train.batch_rays=64", "recon.train.fg_rays=32",
+                      "elevation_estimate.method=silhouette")
     studio = Studio.load(cfg)
     picture = tmp_path / "teddy.png"
     Image.fromarray(rgba_picture(128)).save(picture)

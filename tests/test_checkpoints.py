@@ -227,6 +227,7 @@ def test_generate_cli_samples_with_the_ema_weights(ema_checkpoint, tmp_path):
     src = tmp_path / "obj.png"
     Image.fromarray(picture).save(src)
     overrides = [f"checkpoint={ema_checkpoint}", f"input={src}", "elevation=20", "sample_steps=2", "device=cpu",
+                 "precision=fp32",
                  f"output_dir={tmp_path / 'out'}"]
     with initialize_config_dir(str(pathlib.Path(gen.__file__).parents[3] / "conf"), version_base="1.3"):
         cfg = compose("generate", overrides=overrides)

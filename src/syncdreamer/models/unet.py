@@ -169,8 +169,8 @@ class MultiviewUNet(nn.Module):
             def depth_block(dim, level):
                 ctx = cfg.volume_dims[level]
                 depth_backend = "math" if backend == "math" else "sdpa"
-            return DepthTransformer(dim, cfg.depth_attention_heads, ctx // 2, ctx, use_checkpoint=ckpt,
-                                    backend=depth_backend)
+                return DepthTransformer(dim, cfg.depth_attention_heads, ctx // 2, ctx, use_checkpoint=ckpt,
+                                        backend=depth_backend)
 
             self.middle_conditions = depth_block(mid_ch, mid_level)
             self.output_conditions = nn.ModuleList()

@@ -156,7 +156,10 @@ def rembg_available() -> bool:
 def rembg_model_on_disk(model_name: str) -> bool | None:
     """Whether rembg's model file for ``model_name`` is already on disk (rembg would otherwise download it,
     which hangs on an offline machine); None when this rembg version cannot tell."""
-    from rembg import sessions  # lazy: optional extra
+    try:
+        from rembg import sessions  # lazy: optional extra
+    except ImportError:  # a rembg without the sessions module: cannot tell
+        return None
 
     cls = getattr(sessions, "sessions", {}).get(model_name)
     if cls is None:
