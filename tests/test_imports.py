@@ -21,7 +21,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "syncdreamer"
 # Layers from the bottom up; a part may import parts of its own layer or of the layers before it.
 # Edit this table (and README's "Map of the code") to place a new part.
 LAYERS: dict[str, list[str]] = {
-    "bottom": ["cameras", "config", "devices", "geometry", "cli", "raycast"],
+    "bottom": ["cameras", "config", "devices", "geometry", "cli", "raycast", "imaging"],
     "networks and data": ["models", "data"],
     "diffusion": ["diffusion"],
     "training, reconstruction, evaluation": ["systems", "checkpoints", "recon", "metrics"],

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..imaging import composite_on_white
 from .meta import META_KEYS, read_meta, read_uid_list, write_meta, write_uid_list  # re-exported
 
 __all__ = [
@@ -144,8 +145,7 @@ def rgba_to_tensor(rgba: np.ndarray, image_size: int | None = None):
     rgba = np.asarray(rgba)
     if rgba.ndim != 3 or rgba.shape[-1] != 4 or rgba.dtype != np.uint8:
         raise ValueError(f"expected an RGBA uint8 array (H, W, 4), got {rgba.dtype} {rgba.shape}")
-    x = rgba.astype(np.float32) / 255.0
-    rgb = x[..., :3] * x[..., 3:] + (1.0 - x[..., 3:])
+    rgb = composite_on_white(rgba.astype(np.float32) / 255.0)
     if image_size is not None and rgb.shape[:2] != (image_size, image_size):
         from PIL import Image
 

@@ -21,17 +21,31 @@ from typing import Callable
 import torch
 
 from ..models.syncdreamer import Condition, SyncDreamer
-from .sampler import initial_latents
+from .sampler import start_sampling, timestep_batch
 
 
 class _SyncDiffusersSampler:
-    """Shared loop: a diffusers multistep scheduler stepping all views of all objects jointly."""
+    """Shared loop: a diffusers multistep scheduler stepping all views of all objects jointly.
+
+    Subclasses name the diffusers scheduler class; ``solver`` passes scheduler-specific settings through
+    (``algorithm_type`` for DPM-Solver++, ``solver_type`` for UniPC; diffusers' defaults otherwise). ``eta`` is
+    accepted for config compatibility with DDIM and unused."""
 
     name = "diffusers"
+    scheduler_class = ""
 
-    def __init__(self, model: SyncDreamer, scheduler, steps: int, cfg_scale: float, batch_view_num: int | None):
+    def __init__(self, model: SyncDreamer, steps: int = 20, cfg_scale: float = 2.0, batch_view_num: int | None = None,
+                 solver_order: int = 2, timestep_spacing: str = "leading", steps_offset: int = 1,
+                 lower_order_final: bool = True, final_sigmas_type: str = "zero", eta: float | None = None,
+                 **solver):
+        import diffusers
+
         self.model, self.cfg_scale, self.batch_view_num = model, float(cfg_scale), batch_view_num
-        self.steps, self.scheduler = int(steps), scheduler
+        self.steps = int(steps)
+        self.scheduler = self.make_scheduler(
+            getattr(diffusers, self.scheduler_class), model, self.steps, solver_order=int(solver_order),
+            timestep_spacing=timestep_spacing, steps_offset=int(steps_offset), lower_order_final=lower_order_final,
+            final_sigmas_type=final_sigmas_type, **solver)
         self.scheduler.set_timesteps(self.steps)
         self.timesteps = self.scheduler.timesteps.clone()
 
@@ -41,8 +55,11 @@ class _SyncDiffusersSampler:
             raise ValueError(f"sample_steps must be >= 1, got {steps}")
 
     @staticmethod
-    def betas_of(model: SyncDreamer):
-        return model.betas.detach().double().cpu().numpy()
+    def make_scheduler(scheduler_cls, model: SyncDreamer, steps: int, **settings):
+        """A diffusers scheduler on the model's own ``betas`` (epsilon prediction), after checking ``steps``."""
+        _SyncDiffusersSampler.check_steps(steps)
+        betas = model.betas.detach().double().cpu().numpy()
+        return scheduler_cls(num_train_timesteps=len(betas), trained_betas=betas, prediction_type="epsilon", **settings)
 
     def step_kwargs(self, generator):
         """Extra ``scheduler.step`` arguments (the stochastic schedulers take the generator)."""
@@ -52,15 +69,13 @@ class _SyncDiffusersSampler:
     def sample(self, cond: Condition, x_T: torch.Tensor | None = None, generator: torch.Generator | None = None,
                callback: Callable[[int, int, torch.Tensor], None] | None = None) -> torch.Tensor:
         """cond (B objects) -> latents (B, N, 4, h, w). ``callback(i, total, x)`` after every step."""
-        m = self.model
-        cond = m.complete(cond)
-        B, dev = cond.batch_size, cond.input_latent.device
-        x = initial_latents(m, cond, x_T, generator) * self.scheduler.init_noise_sigma
-        self.scheduler.set_timesteps(self.steps, device=dev)
+        cond, x = start_sampling(self.model, cond, x_T, generator)
+        x = x * self.scheduler.init_noise_sigma
+        self.scheduler.set_timesteps(self.steps, device=x.device)
         total = len(self.scheduler.timesteps)
         for i, step in enumerate(self.scheduler.timesteps):
-            t = torch.full((B,), int(step), device=dev, dtype=torch.long)
-            eps = m.predict_eps(x, t, cond, self.cfg_scale, self.batch_view_num).float()
+            t = timestep_batch(step, cond)
+            eps = self.model.predict_eps(x, t, cond, self.cfg_scale, self.batch_view_num).float()
             x = self.scheduler.step(eps, step, x, **self.step_kwargs(generator)).prev_sample
             if callback is not None:
                 callback(i, total, x)
@@ -68,51 +83,24 @@ class _SyncDiffusersSampler:
 
 
 class SyncDPMSolverSampler(_SyncDiffusersSampler):
-    """DPM-Solver++ over all views jointly (``algorithm_type`` ``dpmsolver++`` deterministic, or
+    """DPM-Solver++ over all views jointly (``algorithm_type`` ``dpmsolver++`` deterministic, the default, or
     ``sde-dpmsolver++`` stochastic). ``timestep_spacing`` as in diffusers (``leading`` adds ``steps_offset``,
     the default here, 1, like the official DDIM timesteps ``1, 21, ..., 981``)."""
 
     name = "dpmsolver"
-
-    def __init__(self, model: SyncDreamer, steps: int = 20, cfg_scale: float = 2.0, batch_view_num: int | None = None,
-                 solver_order: int = 2, algorithm_type: str = "dpmsolver++", timestep_spacing: str = "leading",
-                 steps_offset: int = 1, lower_order_final: bool = True, final_sigmas_type: str = "zero",
-                 eta: float | None = None):
-        from diffusers import DPMSolverMultistepScheduler
-
-        self.check_steps(steps)
-        betas = self.betas_of(model)
-        scheduler = DPMSolverMultistepScheduler(
-            num_train_timesteps=len(betas), trained_betas=betas, prediction_type="epsilon",
-            solver_order=int(solver_order), algorithm_type=algorithm_type, timestep_spacing=timestep_spacing,
-            steps_offset=int(steps_offset), lower_order_final=lower_order_final, final_sigmas_type=final_sigmas_type)
-        super().__init__(model, scheduler, steps, cfg_scale, batch_view_num)
+    scheduler_class = "DPMSolverMultistepScheduler"
 
 
 class SyncUniPCSampler(_SyncDiffusersSampler):
-    """UniPC (Zhao et al. 2023) over all views jointly: a multistep predictor (``predict_x0``, order
+    """UniPC (Zhao et al. 2023) over all views jointly: a multistep predictor (predicting x0, order
     ``solver_order``) with the UniC corrector after every step, which reuses the next step's eps, so it costs no
     extra network call. ``solver_type`` ``bh2`` (diffusers' default for guided sampling) or ``bh1``."""
 
     name = "unipc"
+    scheduler_class = "UniPCMultistepScheduler"
 
     def step_kwargs(self, generator):
         return {}
-
-    def __init__(self, model: SyncDreamer, steps: int = 20, cfg_scale: float = 2.0, batch_view_num: int | None = None,
-                 solver_order: int = 2, solver_type: str = "bh2", timestep_spacing: str = "leading",
-                 steps_offset: int = 1, lower_order_final: bool = True, final_sigmas_type: str = "zero",
-                 eta: float | None = None):
-        from diffusers import UniPCMultistepScheduler
-
-        self.check_steps(steps)
-        betas = self.betas_of(model)
-        scheduler = UniPCMultistepScheduler(
-            num_train_timesteps=len(betas), trained_betas=betas, prediction_type="epsilon",
-            solver_order=int(solver_order), solver_type=solver_type, predict_x0=True,
-            timestep_spacing=timestep_spacing, steps_offset=int(steps_offset), lower_order_final=lower_order_final,
-            final_sigmas_type=final_sigmas_type)
-        super().__init__(model, scheduler, steps, cfg_scale, batch_view_num)
 
 
 def sampler_name(sampler) -> str:

@@ -35,6 +35,18 @@ def initial_latents(model: SyncDreamer, cond: Condition, x_T: torch.Tensor | Non
     return torch.randn(shape, generator=generator, device=dev)
 
 
+def start_sampling(model: SyncDreamer, cond: Condition, x_T: torch.Tensor | None = None,
+                   generator: torch.Generator | None = None) -> tuple[Condition, torch.Tensor]:
+    """What every synchronized sampler does first: the completed condition and the start latents (B, N, 4, h, w)."""
+    cond = model.complete(cond)
+    return cond, initial_latents(model, cond, x_T, generator)
+
+
+def timestep_batch(step, cond: Condition) -> torch.Tensor:
+    """One diffusion timestep as a (B,) long tensor for the B objects of ``cond``."""
+    return torch.full((cond.batch_size,), int(step), device=cond.input_latent.device, dtype=torch.long)
+
+
 class SyncDDIMSampler:
     """DDIM over (B, N, 4, h, w) latents with classifier-free guidance and view chunking.
 
@@ -73,16 +85,11 @@ class SyncDDIMSampler:
     def sample(self, cond: Condition, x_T: torch.Tensor | None = None, generator: torch.Generator | None = None,
                callback: Callable[[int, int, torch.Tensor], None] | None = None) -> torch.Tensor:
         """cond (B objects) -> latents (B, N, 4, h, w). ``callback(i, total, x)`` after every step."""
-        m = self.model
-        cond = m.complete(cond)
-        B, dev = cond.batch_size, cond.input_latent.device
-        x = initial_latents(m, cond, x_T, generator)
+        cond, x = start_sampling(self.model, cond, x_T, generator)
         total = len(self.timesteps)
         for i, step in enumerate(self.timesteps[::-1]):
-            index = total - i - 1
-            t = torch.full((B,), int(step), device=dev, dtype=torch.long)
-            eps = m.predict_eps(x, t, cond, self.cfg_scale, self.batch_view_num)
-            x = self.step(x, eps, index, generator)
+            eps = self.model.predict_eps(x, timestep_batch(step, cond), cond, self.cfg_scale, self.batch_view_num)
+            x = self.step(x, eps, total - i - 1, generator)
             if callback is not None:
                 callback(i, total, x)
         return x

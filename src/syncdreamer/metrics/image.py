@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torchmetrics.functional.image import structural_similarity_index_measure
 
+from ..imaging import composite_on_white
+
 __all__ = ["MissingWeightsError", "composite_on_white", "to_unit_rgb", "psnr", "ssim", "LPIPSMetric",
            "VGG16_WEIGHTS"]
 
@@ -28,17 +30,6 @@ VGG16_WEIGHTS = "vgg16-397923af.pth"
 
 class MissingWeightsError(FileNotFoundError):
     """Pretrained weights are not on disk (the message names the file and where it goes)."""
-
-
-def composite_on_white(rgba):
-    """RGBA (..., H, W, 4) in [0, 1] (numpy or torch) -> RGB (..., H, W, 3) composited on white.
-    RGB input (..., 3) is returned as is."""
-    if rgba.shape[-1] == 3:
-        return rgba
-    if rgba.shape[-1] != 4:
-        raise ValueError(f"composite_on_white: expected 3 or 4 channels last, got shape {tuple(rgba.shape)}")
-    a = rgba[..., 3:]
-    return rgba[..., :3] * a + (1 - a)
 
 
 def to_unit_rgb(images) -> torch.Tensor:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..data.layout import rgba_to_tensor
 from .errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -80,11 +81,9 @@ def crop_and_center(rgba: np.ndarray, crop_size: int = -1, image_size: int = 256
 
 
 def composite_on_white(rgba: np.ndarray) -> torch.Tensor:
-    """RGBA uint8 (H, W, 4) -> float tensor (3, H, W) in [-1, 1], composited on white."""
-    x = rgba.astype(np.float32) / 255.0
-    a = x[..., 3:]
-    rgb = x[..., :3] * a + (1.0 - a)
-    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)) * 2.0 - 1.0)
+    """RGBA uint8 (H, W, 4) -> float tensor (3, H, W) in [-1, 1], composited on white (the data loaders' own
+    conversion, :func:`syncdreamer.data.layout.rgba_to_tensor`, so a generated input matches a training one)."""
+    return rgba_to_tensor(rgba)
 
 
 def prepare_input(rgba: np.ndarray, crop_size: int = -1, image_size: int = 256) -> tuple[torch.Tensor, np.ndarray]:

@@ -19,6 +19,7 @@ import torch
 import trimesh
 
 from syncdreamer import cameras
+from syncdreamer.imaging import composite_on_white
 
 __all__ = ["extract_mesh", "save_mesh", "turntable"]
 
@@ -95,8 +96,7 @@ def turntable(mesh: trimesh.Trimesh, path, frames: int = 180, size: int = 256, e
     rig = cameras.make_rig(n_views=frames, elevation_deg=elevation_deg, distance=distance, image_size=size,
                            focal=focal * size / 256.0)
     res = render_mesh(mesh, rig.poses, rig.Ks, size, size, shade=True)
-    a = res.rgba[..., 3:]
-    rgb = res.rgba[..., :3] * a + (1 - a)
+    rgb = composite_on_white(res.rgba)
     imgs = [(f * 255).round().astype(np.uint8) for f in rgb]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from syncdreamer import cameras
+from syncdreamer.imaging import composite_on_white
 
 __all__ = ["load_views", "load_cameras", "compute_masks", "threshold_mask", "composite_white", "view_files"]
 
@@ -79,11 +80,8 @@ def load_views(path, n_views: int = 16) -> np.ndarray:
 
 
 def composite_white(views: np.ndarray) -> np.ndarray:
-    """(N, H, W, 3|4) in [0, 1] -> RGB (N, H, W, 3) composited on white."""
-    if views.shape[-1] == 3:
-        return views
-    a = views[..., 3:]
-    return views[..., :3] * a + (1 - a)
+    """(N, H, W, 3|4) in [0, 1] -> RGB (N, H, W, 3) composited on white (:func:`syncdreamer.imaging.composite_on_white`)."""
+    return composite_on_white(views)
 
 
 def threshold_mask(rgb: np.ndarray, threshold: float = 0.05) -> np.ndarray:
