@@ -74,6 +74,15 @@ def test_single_token_cross_attention_shortcut_is_exact():
     assert not torch.allclose(attn(x, torch.randn(3, 1, 24)), fast)  # the token still matters
 
 
+def test_training_mode_takes_the_full_path_so_ddp_sees_every_parameter():
+    """DDP (find_unused_parameters=False) fails when a trainable parameter takes no part in the loss: the
+    inference shortcut must be off in training mode."""
+    torch.manual_seed(0)
+    attn = CrossAttention(32, 24, heads=4, dim_head=8).train()
+    attn(torch.randn(2, 10, 32), torch.randn(2, 1, 24)).sum().backward()
+    assert all(p.grad is not None for p in attn.parameters())
+
+
 def test_depth_attention_sdpa_matches_the_einsum_reference():
     torch.manual_seed(0)
     attn = DepthAttention(16, 12, heads=2, dim_head=6).eval()

@@ -37,7 +37,6 @@ import numpy as np
 import torch
 
 __all__ = [
-    "RigConfig",
     "Rig",
     "make_rig",
     "focal_from_lens",
@@ -122,18 +121,6 @@ def look_at(centers, target=(0.0, 0.0, 0.0), up=(0.0, 0.0, 1.0)) -> np.ndarray:
     R = np.stack([right, down, fwd], axis=1)  # rows = camera axes in world coordinates
     t = -np.einsum("nij,nj->ni", R, centers)
     return np.concatenate([R, t[..., None]], axis=-1)
-
-
-@dataclass(frozen=True)
-class RigConfig:
-    """Structural numbers of a fixed turntable rig (the official one by default)."""
-
-    n_views: int = 16
-    elevation_deg: float = 30.0
-    distance: float = 1.5
-    image_size: int = 256
-    focal: float = 280.0
-    azimuth_start_deg: float = 0.0
 
 
 @dataclass

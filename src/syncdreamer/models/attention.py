@@ -62,10 +62,11 @@ class CrossAttention(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         context = x if context is None else context
         b, h = x.shape[0], self.heads
-        dropout_on = self.training and self.to_out[1].p > 0
-        if self.single_token_shortcut and context is not x and context.shape[1] == 1 and not dropout_on:
+        if self.single_token_shortcut and context is not x and context.shape[1] == 1 and not self.training:
             # softmax over a single key is exactly 1: every query receives that token's value (the CLIP token
-            # of Zero123/SyncDreamer), so q and the attention product are skipped.
+            # of Zero123/SyncDreamer), so q and the attention product are skipped. Inference only: in training
+            # to_q / to_k take part in the graph (their gradient is zero, but DDP requires every trainable
+            # parameter to be used), and dropout applies to the full path.
             out = self.to_out(self.to_v(context))
             return out.expand(b, x.shape[1], out.shape[-1])
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
