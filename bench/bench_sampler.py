@@ -106,6 +106,18 @@ def ode_model(config: str, weights: str | None):
     return model
 
 
+def read_input(path: str, size: int) -> torch.Tensor:
+    """An RGBA or RGB picture -> (1, 3, size, size) in [-1, 1], composited on white."""
+    import numpy as np
+    from PIL import Image
+
+    from syncdreamer.imaging import composite_on_white
+
+    rgba = np.asarray(Image.open(path).convert("RGBA").resize((size, size), Image.BICUBIC), np.float32) / 255
+    rgb = composite_on_white(rgba)
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None] * 2 - 1
+
+
 def ode_error_table(args) -> int:
     """Which solver / step count reaches the deterministic DDIM-50 error on the probability-flow ODE.
 
@@ -118,7 +130,14 @@ def ode_error_table(args) -> int:
     from syncdreamer.models import Condition
 
     config = (args.configs or ["syncdreamer_tiny"])[0]
-    model = ode_model(config, args.weights)
+    if args.checkpoint:  # a trained model (ours or official), its EMA weights when it has them
+        from syncdreamer.checkpoints import load_model
+
+        model = load_model(args.checkpoint).requires_grad_(False)
+        config = f"{args.checkpoint} ({model.checkpoint_info['weights']} weights, {model.image_size} px)"
+    else:
+        model = ode_model(config, args.weights)
+    model.set_precision(args.ode_precision)
     bvn, cfg = (args.batch_view_num or [None])[0], args.cfg_scale
     runs = [("DDIM, eta 0", SyncDDIMSampler, dict(eta=0.0), 50)]
     runs += [("DDIM, eta 0", SyncDDIMSampler, dict(eta=0.0), s) for s in args.solver_steps]
@@ -129,8 +148,12 @@ def ode_error_table(args) -> int:
     for seed in args.seeds:
         g = torch.Generator().manual_seed(seed)
         C, h, N = model.latent_channels, model.latent_size, model.view_num
-        latent, clip = torch.randn(1, C, h, h, generator=g), torch.randn(1, 1, model.clip_dim, generator=g)
-        cond = model.complete(Condition(latent, clip, torch.tensor([0.3])))
+        if args.input:  # a real input view through the model's VAE and CLIP (elevation 30 degrees)
+            cond = model.prepare_condition(read_input(args.input, model.image_size), torch.tensor([0.5236]),
+                                           sample=False)
+        else:
+            latent, clip = torch.randn(1, C, h, h, generator=g), torch.randn(1, 1, model.clip_dim, generator=g)
+            cond = model.complete(Condition(latent, clip, torch.tensor([0.3])))
         x_T = torch.randn(1, N, C, h, h, generator=g)
         ref = SyncDDIMSampler(model, steps=args.reference_steps, eta=0.0, cfg_scale=cfg, batch_view_num=bvn).sample(
             cond, x_T=x_T)
@@ -139,8 +162,9 @@ def ode_error_table(args) -> int:
             errs.setdefault((name, steps), []).append(((out - ref).norm() / ref.norm()).item())
             print(f"  seed {seed} {name} {steps}: {errs[(name, steps)][-1]:.4f}", file=sys.stderr, flush=True)
     target = max(errs[("DDIM, eta 0", 50)])
-    print(f"\nODE error of the final latents against DDIM (eta 0) with {args.reference_steps} steps; {config}, "
-          f"{'weights ' + args.weights if args.weights else 'random weights'}, CFG {cfg}, seeds {args.seeds}\n")
+    weights = "" if args.checkpoint else (", weights " + args.weights if args.weights else ", random weights")
+    print(f"\nODE error of the final latents against DDIM (eta 0) with {args.reference_steps} steps; {config}"
+          f"{weights}, {args.ode_precision}, condition {args.input or 'random'}, CFG {cfg}, seeds {args.seeds}\n")
     print("| sampler | steps | rel. L2 error (mean over seeds) | max over seeds | <= DDIM-50 (eta 0) |")
     print("|---|---|---|---|---|")
     for (name, steps), e in errs.items():
@@ -167,6 +191,11 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="*", default=[0])
     p.add_argument("--weights", default=None, help="safetensors denoiser weights for --ode-error (e.g. the golden "
                    "denoiser_tiny fixture); default: random with the zero-initialised layers re-initialised")
+    p.add_argument("--checkpoint", default=None, help="--ode-error on a trained model (our Lightning checkpoint, "
+                   "e.g. the one `make demo` trains, or the official one) instead of --configs / --weights")
+    p.add_argument("--input", default=None, help="--ode-error: condition on this picture (needs --checkpoint with "
+                   "its VAE and CLIP); default: a random condition latent and CLIP embedding per seed")
+    p.add_argument("--ode-precision", default="fp32", help="--ode-error: the denoiser's precision (fp32 | bf16)")
     args = p.parse_args(argv)
     if args.ode_error:
         return ode_error_table(args)

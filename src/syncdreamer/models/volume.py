@@ -19,9 +19,9 @@ import torch.nn.functional as F
 class VolumeConfig:
     """Structural numbers of the volume networks (official defaults; the tiny golden model uses dims 16..64)."""
 
-    view_num: int = 16
+    view_num: int = 16                   # N views of the target rig
     latent_channels: int = 4
-    image_size: int = 256
+    image_size: int = 256                # pixels of a view; latent_size = image_size / 8
     latent_size: int = 32
     volume_resolution: int = 32          # V
     volume_length: float = 0.5           # half side of the cube the volume spans
