@@ -52,6 +52,8 @@ class ElevationConfig:
     fallback_deg: float = 30.0    # returned when the fit is implausible, and the guess of method=fixed
     method: str = "silhouette"    # silhouette (the estimate above) | fixed (always fallback_deg)
     focal: float | None = 280.0   # pixels at the framed picture's size (None = no perspective correction)
+    max_rms_px: float = 1.0       # a fit whose rms distance (px) to the outline exceeds this is not trusted
+    top_outline: bool = False     # also fit the top outline (used only when the bottom gives no trusted fit)
 
 
 @dataclass
@@ -94,6 +96,149 @@ def fit_axis_conic(x: np.ndarray, y: np.ndarray):
     return mx + u0 * s, my + v0 * s, a * s, a / math.sqrt(B) * s
 
 
+def outline_band(mask: np.ndarray, cfg: ElevationConfig):
+    """Bottom outline of ``mask`` near its lowest point -> (x, y) (y at the pixels' lower edges) or a reason.
+
+    The contiguous run of columns around the lowest point whose bottom lies within ``band_fraction`` of the
+    silhouette height, without the steep parts (the silhouette's side lines).
+    """
+    ys = np.flatnonzero(mask.any(1))
+    height = ys.max() - ys.min() + 1
+    x, y = bottom_contour(mask)
+    band = max(2.0, cfg.band_fraction * height)
+    inside = y >= y.max() - band
+    lo = hi = int(np.argmax(y))
+    while lo > 0 and inside[lo - 1] and x[lo - 1] == x[lo] - 1:
+        lo -= 1
+    while hi < len(x) - 1 and inside[hi + 1] and x[hi + 1] == x[hi] + 1:
+        hi += 1
+    px, py = x[lo:hi + 1], y[lo:hi + 1] + 0.5
+    k = max(1, int(cfg.slope_window))
+    if len(px) > 2 * k + 1:
+        padded = np.pad(py, k, mode="edge")
+        keep = np.abs(padded[2 * k:] - padded[:-2 * k]) / (2.0 * k) <= cfg.max_slope
+        px, py = px[keep], py[keep]
+    if len(px) < cfg.min_points:
+        return f"only {len(px)} outline points"
+    return px, py
+
+
+def ellipse_candidate(px: np.ndarray, py: np.ndarray, trim: bool = True, keep_fraction: float = 0.7):
+    """Lower half of an axis-aligned ellipse through the outline -> (sin_phi, y_ref, rms px) or a reason."""
+    if np.ptp(py) < 1.0:  # a circle seen from its own plane, or any straight edge seen head-on: ambiguous
+        return "straight horizontal outline"
+    keep = np.ones(len(px), bool)
+    for _ in range(2):  # fit, then refit once without the outliers (parts in front of the base)
+        fit = fit_axis_conic(px[keep], py[keep])
+        if fit is None:
+            return "outline is not elliptic"
+        xc, yc, a, b = fit
+        half_width = np.ptp(px) / 2.0
+        if not (0.5 * half_width <= a <= 2.0 * half_width + 2.0) or b > a:
+            return f"implausible ellipse (a={a:.1f}, b={b:.1f}, half-width {half_width:.1f})"
+        r = py - (yc + b * np.sqrt(np.clip(1.0 - ((px - xc) / a) ** 2, 0.0, None)))
+        inlier = np.abs(r) <= max(1.0, 2.5 * float(np.median(np.abs(r))))
+        if not (trim and keep_fraction * len(px) <= inlier.sum() < keep.sum()):
+            break
+        keep = inlier
+    return b / a, float(yc), float(np.sqrt(np.mean(r[keep] ** 2)))
+
+
+def robust_line(x: np.ndarray, y: np.ndarray, keep_fraction: float = 0.7):
+    """Line fit that drops outlying points (parts in front of the edge) once -> (coef, residuals of kept points)."""
+    coef = np.polyfit(x, y, 1)
+    r = y - np.polyval(coef, x)
+    inlier = np.abs(r) <= max(1.0, 2.5 * float(np.median(np.abs(r))))
+    if keep_fraction * len(x) <= inlier.sum() < len(x) and np.ptp(x[inlier]) >= 2.0:
+        coef = np.polyfit(x[inlier], y[inlier], 1)
+        return coef, y[inlier] - np.polyval(coef, x[inlier])
+    return coef, r
+
+
+def corner_candidate(px: np.ndarray, py: np.ndarray, min_points: int):
+    """Two lines meeting at the lowest point (the near corner of a rectangle) -> (sin_phi, y_ref, rms) or a reason.
+
+    A horizontal rectangle seen orthographically along a ray at angle ``phi`` to the ground has image edge
+    slopes ``k1 = -tan(t) sin(phi)`` and ``k2 = cot(t) sin(phi)``, so ``sin(phi)^2 = -k1 k2`` for any turn ``t``.
+    """
+    i = int(np.argmax(py))
+    sides = (slice(0, i + 1), slice(i, len(px)))
+    fits, res = [], []
+    for sl in sides:
+        x, y = px[sl], py[sl]
+        if len(x) < max(3, min_points // 2) or np.ptp(x) < 2.0:
+            return "no corner"
+        coef, r = robust_line(x, y)
+        fits.append(coef)
+        res.append(r)
+    k1, k2 = fits[0][0], fits[1][0]
+    rise = min(k1 * np.ptp(px[sides[0]]), -k2 * np.ptp(px[sides[1]]))
+    if rise < 2.0:  # an edge that climbs less than 2 px cannot be told from a horizontal one (a face head-on)
+        return "no corner"
+    s2 = -k1 * k2
+    if s2 > 1.0:
+        return f"implausible corner (slopes {k1:.2f}, {k2:.2f})"
+    xc = (fits[1][1] - fits[0][1]) / (k1 - k2)
+    yc = float(np.polyval(fits[0], xc))
+    return math.sqrt(s2), yc, float(np.sqrt(np.mean(np.concatenate(res) ** 2))), (fits[0], fits[1], xc)
+
+
+def corner_elevation(lines, size: int, focal: float, guess_deg: float) -> float | None:
+    """Pinhole-exact elevation (deg) at which the two image lines are images of perpendicular horizontal lines.
+
+    ``lines``: two ``(k, m)`` (``y = k x + m``, pixels) and the corner's x. Each line and the camera centre span a
+    plane with normal ``n`` (camera frame: x right, y down, z forward); the 3D horizontal direction in it is
+    ``n x up(e)`` with ``up(e) = (0, -cos e, -sin e)``, and the two directions are perpendicular when
+    ``g(e) = n1.n2 - (n1.up)(n2.up) = 0``. Of the roots in (-90, 90) the one nearest ``guess_deg`` (the
+    orthographic answer) is returned; None when there is none.
+    """
+    (l1, l2, xc), c = lines, size / 2.0
+    normals = []
+    for k, m in (l1, l2):
+        pts = [np.array([(x - c) / focal, (k * x + m - c) / focal, 1.0]) for x in (xc - 10.0, xc + 10.0)]
+        n = np.cross(*pts)
+        normals.append(n / np.linalg.norm(n))
+    n1, n2 = normals
+    e = np.radians(np.arange(-89.5, 89.5, 0.05))
+    g = n1 @ n2 - (n1[1] * np.cos(e) + n1[2] * np.sin(e)) * (n2[1] * np.cos(e) + n2[2] * np.sin(e))
+    roots = np.flatnonzero(np.sign(g[:-1]) != np.sign(g[1:]))
+    if not len(roots):
+        return None
+    degs = np.degrees(e[roots] - g[roots] * (e[roots + 1] - e[roots]) / (g[roots + 1] - g[roots]))
+    return float(degs[np.argmin(np.abs(degs - guess_deg))])
+
+
+def outline_candidates(mask: np.ndarray, cfg: ElevationConfig) -> list[dict]:
+    """Elevation candidates from the bottom and the top outline of ``mask``, each fitted as ellipse and corner."""
+    size = mask.shape[0]
+    out = []
+    for side, m in (("bottom", mask), ("top", mask[::-1])):
+        band = outline_band(m, cfg)
+        if isinstance(band, str):
+            out.append({"outline": side, "fit": "-", "reason": band})
+            continue
+        for fit, cand in (("ellipse", ellipse_candidate(*band)), ("corner", corner_candidate(*band, cfg.min_points))):
+            if isinstance(cand, str):
+                out.append({"outline": side, "fit": fit, "reason": cand})
+                continue
+            sin_phi, y_ref, rms = cand[:3]
+            y_ref = y_ref if side == "bottom" else size - y_ref
+            delta = math.degrees(math.atan((y_ref - size / 2.0) / float(cfg.focal))) if cfg.focal else 0.0
+            phi = math.degrees(math.asin(min(1.0, sin_phi)))
+            c = {"outline": side, "fit": fit, "ray_angle_deg": phi, "perspective_offset_deg": delta,
+                 "elevation_deg": phi - delta, "rms_px": rms, "points": int(len(band[0]))}
+            if fit == "corner" and cfg.focal:
+                (k1, m1), (k2, m2), xc = cand[3]
+                lines = cand[3] if side == "bottom" else ((-k1, size - m1), (-k2, size - m2), xc)
+                exact = corner_elevation(lines, size, float(cfg.focal), phi - delta)
+                if exact is None:
+                    c = {"outline": side, "fit": fit, "reason": "no perpendicular corner at any elevation"}
+                else:
+                    c["elevation_deg"] = exact
+            out.append(c)
+    return out
+
+
 def estimate_elevation(mask: np.ndarray, cfg: ElevationConfig | None = None) -> ElevationEstimate:
     """Framed foreground mask (S, S) bool -> :class:`ElevationEstimate` in degrees (see module docstring)."""
     cfg = cfg or ElevationConfig()
@@ -102,52 +247,23 @@ def estimate_elevation(mask: np.ndarray, cfg: ElevationConfig | None = None) -> 
     if cfg.method == "fixed":
         return ElevationEstimate(float(cfg.fallback_deg), None, "fixed", {})
     mask = np.asarray(mask, bool)
-
-    def fallback(reason: str) -> ElevationEstimate:
-        return ElevationEstimate(float(cfg.fallback_deg), None, "fallback", {"reason": reason})
-
     if not mask.any():
-        return fallback("empty mask")
-    ys = np.flatnonzero(mask.any(1))
-    height = ys.max() - ys.min() + 1
-    x, y = bottom_contour(mask)
-    y_low = y.max()
-    band = max(2.0, cfg.band_fraction * height)
-    # the contiguous run of columns around the lowest point whose bottom lies inside the band
-    inside = y >= y_low - band
-    lowest = int(np.argmax(y))
-    lo = hi = lowest
-    while lo > 0 and inside[lo - 1] and x[lo - 1] == x[lo] - 1:
-        lo -= 1
-    while hi < len(x) - 1 and inside[hi + 1] and x[hi + 1] == x[hi] + 1:
-        hi += 1
-    px, py = x[lo:hi + 1], y[lo:hi + 1] + 0.5  # the pixel's lower edge is the outline
-    k = max(1, int(cfg.slope_window))
-    if len(px) > 2 * k + 1:  # side lines of the silhouette are steep; the base arc is not (away from its ends)
-        padded = np.pad(py, k, mode="edge")
-        slope = np.abs(padded[2 * k:] - padded[:-2 * k]) / (2.0 * k)
-        keep = slope <= cfg.max_slope
-        px, py = px[keep], py[keep]
-    if len(px) < cfg.min_points:
-        return fallback(f"only {len(px)} base points")
-    sag = float(py.max() - py.min())
-    fit = None if sag < 1.0 else fit_axis_conic(px, py)
-    if sag < 1.0:
-        phi = 0.0
-        yc = float(py.max())
-    else:
-        if fit is None:
-            return fallback("bottom outline is not elliptic")
-        xc, yc, a, b = fit
-        half_width = (px.max() - px.min()) / 2.0
-        if not (0.5 * half_width <= a <= 2.0 * half_width + 2.0) or b > a:
-            return fallback(f"implausible base ellipse (a={a:.1f}, b={b:.1f}, base half-width {half_width:.1f})")
-        phi = math.degrees(math.asin(min(1.0, b / a)))
-    delta = 0.0
-    if cfg.focal:
-        delta = math.degrees(math.atan((yc - mask.shape[0] / 2.0) / float(cfg.focal)))
-    raw = phi - delta
+        return ElevationEstimate(float(cfg.fallback_deg), None, "fallback", {"reason": "empty mask"})
+    cands = outline_candidates(mask, cfg)
+    good = [c for c in cands if "elevation_deg" in c and c["rms_px"] <= cfg.max_rms_px
+            and (cfg.top_outline or c["outline"] == "bottom")]
+    if not good:
+        reasons = "; ".join(f"{c['outline']} {c['fit']}: {c.get('reason', 'rms %.1f px' % c.get('rms_px', 0))}"
+                            for c in cands)
+        return ElevationEstimate(float(cfg.fallback_deg), None, "fallback", {"reason": reasons, "candidates": cands})
+    best = select_candidate(good, cfg)
+    raw = float(best["elevation_deg"])
     est = float(min(max(raw, cfg.min_deg), cfg.max_deg))
-    return ElevationEstimate(est, float(raw), "silhouette",
-                             {"base_ray_angle_deg": float(phi), "perspective_offset_deg": float(delta),
-                              "base_points": int(len(px))})
+    return ElevationEstimate(est, raw, "silhouette", {**{k: v for k, v in best.items()}, "candidates": cands})
+
+
+def select_candidate(good: list[dict], cfg: ElevationConfig) -> dict:
+    """The candidate to trust: the best-fitting one (lowest rms) of the preferred outline."""
+    bottom = [c for c in good if c["outline"] == "bottom"]
+    pool = bottom if bottom else good
+    return min(pool, key=lambda c: c["rms_px"])
