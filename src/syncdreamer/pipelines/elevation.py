@@ -208,35 +208,83 @@ def corner_elevation(lines, size: int, focal: float, guess_deg: float) -> float 
     return float(degs[np.argmin(np.abs(degs - guess_deg))])
 
 
+def outline_segments(px: np.ndarray, py: np.ndarray, max_jump: float = 2.0) -> list[np.ndarray]:
+    """Split the outline where it skips columns or jumps (another part in front) -> index arrays, left to right."""
+    breaks = np.flatnonzero((np.diff(px) > max_jump) | (np.abs(np.diff(py)) > max_jump)) + 1
+    return [seg for seg in np.split(np.arange(len(px)), breaks) if len(seg) >= 2]
+
+
+def point_sets(segments: list[np.ndarray], max_segments: int = 8):
+    """Index sets to fit: every contiguous run of segments, and each run without one inner segment (a leg)."""
+    segs = sorted(sorted(segments, key=len, reverse=True)[:max_segments], key=lambda s: s[0])
+    for i in range(len(segs)):
+        for j in range(i, len(segs)):
+            yield np.concatenate(segs[i:j + 1])
+            for k in range(i + 1, j):
+                yield np.concatenate(segs[i:k] + segs[k + 1:j + 1])
+
+
+def best_fit(px: np.ndarray, py: np.ndarray, fit: str, cfg: ElevationConfig):
+    """Fit ``fit`` ('ellipse' | 'corner') to every point set of the outline -> (set, result) explaining most points.
+
+    Only fits within ``max_rms_px`` compete; when none is, the fit to the whole outline is returned (its reason
+    or rms says why it is not trusted).
+    """
+    def run(idx):
+        if len(idx) < cfg.min_points:
+            return f"only {len(idx)} outline points"
+        if fit == "ellipse":
+            return ellipse_candidate(px[idx], py[idx])
+        return corner_candidate(px[idx], py[idx], cfg.min_points)
+
+    whole = np.arange(len(px))
+    best = (whole, run(whole))
+    for idx in point_sets(outline_segments(px, py)):
+        res = run(idx)
+        if isinstance(res, str) or res[2] > cfg.max_rms_px:
+            continue
+        b = best[1]
+        if isinstance(b, str) or b[2] > cfg.max_rms_px or (len(idx), -res[2]) > (len(best[0]), -b[2]):
+            best = (idx, res)
+    return best
+
+
 def outline_candidates(mask: np.ndarray, cfg: ElevationConfig) -> list[dict]:
     """Elevation candidates from the bottom and the top outline of ``mask``, each fitted as ellipse and corner."""
     size = mask.shape[0]
     out = []
     for side, m in (("bottom", mask), ("top", mask[::-1])):
+        if side == "top" and not cfg.top_outline:
+            continue
         band = outline_band(m, cfg)
         if isinstance(band, str):
             out.append({"outline": side, "fit": "-", "reason": band})
             continue
-        for fit, cand in (("ellipse", ellipse_candidate(*band)), ("corner", corner_candidate(*band, cfg.min_points))):
+        for fit in ("ellipse", "corner"):
+            idx, cand = best_fit(*band, fit, cfg)
             if isinstance(cand, str):
                 out.append({"outline": side, "fit": fit, "reason": cand})
                 continue
-            sin_phi, y_ref, rms = cand[:3]
-            y_ref = y_ref if side == "bottom" else size - y_ref
-            delta = math.degrees(math.atan((y_ref - size / 2.0) / float(cfg.focal))) if cfg.focal else 0.0
-            phi = math.degrees(math.asin(min(1.0, sin_phi)))
-            c = {"outline": side, "fit": fit, "ray_angle_deg": phi, "perspective_offset_deg": delta,
-                 "elevation_deg": phi - delta, "rms_px": rms, "points": int(len(band[0]))}
-            if fit == "corner" and cfg.focal:
-                (k1, m1), (k2, m2), xc = cand[3]
-                lines = cand[3] if side == "bottom" else ((-k1, size - m1), (-k2, size - m2), xc)
-                exact = corner_elevation(lines, size, float(cfg.focal), phi - delta)
-                if exact is None:
-                    c = {"outline": side, "fit": fit, "reason": "no perpendicular corner at any elevation"}
-                else:
-                    c["elevation_deg"] = exact
-            out.append(c)
+            out.append(candidate_record(side, fit, cand, len(idx), size, cfg))
     return out
+
+
+def candidate_record(side: str, fit: str, cand, points: int, size: int, cfg: ElevationConfig) -> dict:
+    """A fit -> candidate dict with the elevation: ray angle minus the perspective offset (pinhole-exact corners)."""
+    sin_phi, y_ref, rms = cand[:3]
+    y_ref = y_ref if side == "bottom" else size - y_ref
+    delta = math.degrees(math.atan((y_ref - size / 2.0) / float(cfg.focal))) if cfg.focal else 0.0
+    phi = math.degrees(math.asin(min(1.0, sin_phi)))
+    c = {"outline": side, "fit": fit, "ray_angle_deg": phi, "perspective_offset_deg": delta,
+         "elevation_deg": phi - delta, "rms_px": rms, "points": int(points)}
+    if fit == "corner" and cfg.focal:
+        (k1, m1), (k2, m2), xc = cand[3]
+        lines = cand[3] if side == "bottom" else ((-k1, size - m1), (-k2, size - m2), xc)
+        exact = corner_elevation(lines, size, float(cfg.focal), phi - delta)
+        if exact is None:
+            return {"outline": side, "fit": fit, "reason": "no perpendicular corner at any elevation"}
+        c["elevation_deg"] = exact
+    return c
 
 
 def estimate_elevation(mask: np.ndarray, cfg: ElevationConfig | None = None) -> ElevationEstimate:
@@ -250,8 +298,7 @@ def estimate_elevation(mask: np.ndarray, cfg: ElevationConfig | None = None) -> 
     if not mask.any():
         return ElevationEstimate(float(cfg.fallback_deg), None, "fallback", {"reason": "empty mask"})
     cands = outline_candidates(mask, cfg)
-    good = [c for c in cands if "elevation_deg" in c and c["rms_px"] <= cfg.max_rms_px
-            and (cfg.top_outline or c["outline"] == "bottom")]
+    good = [c for c in cands if "elevation_deg" in c and c["rms_px"] <= cfg.max_rms_px]
     if not good:
         reasons = "; ".join(f"{c['outline']} {c['fit']}: {c.get('reason', 'rms %.1f px' % c.get('rms_px', 0))}"
                             for c in cands)
@@ -263,7 +310,7 @@ def estimate_elevation(mask: np.ndarray, cfg: ElevationConfig | None = None) -> 
 
 
 def select_candidate(good: list[dict], cfg: ElevationConfig) -> dict:
-    """The candidate to trust: the best-fitting one (lowest rms) of the preferred outline."""
+    """The candidate to trust: of the bottom outline's (else the top's), the one explaining most points."""
     bottom = [c for c in good if c["outline"] == "bottom"]
     pool = bottom if bottom else good
-    return min(pool, key=lambda c: c["rms_px"])
+    return max(pool, key=lambda c: (c["points"], -c["rms_px"]))
