@@ -126,6 +126,18 @@ def test_elevation_estimate_on_a_rectangular_box():
         assert est.method == "silhouette" and abs(est.elevation_deg - rig_e) <= 1.0, (az, est.details)
 
 
+def test_elevation_estimate_box_on_a_leg():
+    """A leg under the box's near corner hides the corner: the fit skips the leg's segment of the outline."""
+    for e in (10, 25, 40):
+        m = box_silhouette(e, (0.5, 0.3, 0.2), 40)
+        ys, xs = np.nonzero(m)
+        x0, y0 = int(xs[np.argmax(ys)]), int(ys.max())
+        m[y0 - 10:y0 + 20, x0 - 4:x0 + 5] = True  # a leg 9 px wide, reaching 20 px below the corner
+        est = estimate_elevation(m)
+        assert est.method == "silhouette" and est.details["fit"] == "corner", (e, est.details)
+        assert abs(est.elevation_deg - e) <= 3.0, (e, est.elevation_deg)
+
+
 def box_silhouette(elev_deg, extents, az_deg, size=256, focal=280.0):
     """Silhouette of a box (x, y, z extents) standing on z = -z/2, turned by the rig azimuth ``az_deg``."""
     rig = cameras.make_rig(1, elev_deg, 1.5, size, focal, azimuth_start_deg=az_deg)
@@ -141,6 +153,7 @@ def test_elevation_estimate_clamps_and_falls_back():
     cfg = ElevationConfig(min_deg=-10, max_deg=25, fallback_deg=30)
     est = estimate_elevation(silhouette(40, 0.4, 0.3), cfg)
     assert est.elevation_deg == 25 and est.raw_deg > 25
+    assert est.to_json()["elevation_deg"] == 25 and est.to_json()["fit"] == "ellipse"
     # a box seen face-on: its base outline is a straight horizontal edge, which any elevation gives
     # -> the configured fallback
     box = estimate_elevation(silhouette(20, 0.3, 0.6, square=True, az_deg=0), cfg)

@@ -1,32 +1,44 @@
 """Cheap elevation estimate of the input view from its silhouette (used when ``elevation=null``).
 
-Method (geometric, no weights, a few milliseconds): objects in the training renders stand on the ground
-plane, and the bottom outline of the silhouette is the projection of the object's base (a circle or a convex
-footprint). A horizontal circle seen along a ray that meets the ground at angle ``phi`` projects to an
-ellipse whose minor/major axis ratio is ``sin(phi)`` (the same sag/half-width ratio holds for a square base
-seen corner-on). We
+Method (geometric, no weights, tens of milliseconds): objects stand on the ground plane, and the bottom outline
+of the silhouette is the projection of the object's base. Two base shapes are fitted, both general:
 
-1. take the lowest foreground pixel of every column of the framed mask (the bottom contour),
-2. keep the contour points within ``band_fraction`` of the silhouette height above its lowest point (the base),
-3. fit an axis-aligned conic ``u^2 + B v^2 + C u + D v + E = 0`` by least squares (normalised coordinates),
-   so ``sin(phi) = 1 / sqrt(B)``,
-4. correct for perspective with the rig's pinhole (``focal`` px, principal point at the centre of the framed
-   picture, which mimics the renders the model was trained on): the ray to the ellipse centre lies
-   ``delta = atan((y_c - c) / f)`` below the optical axis, so the camera elevation is ``phi - delta``,
-5. clamp to ``[min_deg, max_deg]`` (the author's advice: roughly -10..40 degrees is all the model needs).
+* a horizontal circle seen along a ray that meets the ground at angle ``phi`` projects to an ellipse whose
+  minor/major axis ratio is ``sin(phi)``: an axis-aligned conic ``u^2 + B v^2 + C u + D v + E = 0`` is fitted by
+  least squares (refitted once without outlying points), ``sin(phi) = 1 / sqrt(B)``, and the camera elevation is
+  ``phi - delta`` with ``delta = atan((y_c - c) / f)`` the angle of the ray to the ellipse centre below the axis;
+* a horizontal rectangle corner (boxes, tables, bodies on legs): two straight edges meeting at the lowest
+  point. Orthographically their image slopes satisfy ``sin(phi)^2 = -k1 k2`` whatever the turn of the box; with
+  the pinhole it is solved exactly (:func:`corner_elevation`: the elevation at which both image lines are images
+  of perpendicular horizontal lines), the root nearest the orthographic answer.
 
-Known limits: the sign of the elevation cannot be told from a silhouette (the estimate is >= 0 before
-clamping); objects without a visible base (figures on thin legs, flat cards, pictures seen from below) give
-poor fits; then ``fallback_deg`` is returned and ``method`` says ``fallback``. Why not model-based: SyncDreamer
-only renders the fixed 30-degree rig, so re-rendering the input view at a candidate elevation needs the
-candidate to be 30 degrees; a loss-ranking over candidates would cost several UNet passes per candidate
-and still be biased toward 30 degrees. The geometric estimate is free, deterministic and testable against
-analytic silhouettes (tests/test_pipelines_elevation.py: cylinders and boxes rendered with the rig camera).
+Steps: take the lowest foreground pixel of every column of the framed mask; keep the contiguous run of columns
+within ``band_fraction`` of the silhouette height above the lowest point, without steep points (side lines);
+split it into segments where it skips columns or jumps (another part in front: a fin, a leg); fit both shapes
+to every contiguous run of segments (and each run without one inner segment, e.g. a leg hiding a corner);
+keep, per shape, the fit that explains most points within ``max_rms_px``; of the two, the one explaining more
+points. No fit within ``max_rms_px`` -> ``fallback_deg`` and ``method='fallback'``. A straight horizontal
+outline (a face seen head-on: any elevation gives it) is ambiguous and not used. The result is clamped to
+``[min_deg, max_deg]`` (the author's advice: roughly -10..40 degrees is all the model needs). The perspective
+uses the rig's pinhole (``focal`` px, principal point at the centre of the framed picture, which mimics the
+renders the model was trained on; exact for ``crop_size=-1`` framing of a rig render).
 
-Measured on Blender renders of the procedural objects (``bench/bench_elevation.py``, table in the README) the
-estimate only holds for objects with a round, flat base (the torus class); on boxes, cones and the toy it is
-no better than a guess, so ``conf/generate.yaml`` uses ``method: fixed`` (30 degrees, the elevation of the
-target rig) by default and ``method: silhouette`` is the opt-in.
+Known limits: the sign of ``phi`` cannot be told from a silhouette (the base seen from below looks the same);
+only the perspective offset makes negative estimates possible (a base well below the image centre with a thin
+ellipse). Round parts (a sphere's bottom arc fits an ellipse with ``b ~ a``) and small details can be taken for
+the base. The top outline (a flat top seen from above) can be fitted too (``top_outline=true``, used only when
+the bottom gives nothing): on the development renders it lowers the median error but raises the worst one, so
+it is off. Why not model-based: SyncDreamer only renders the fixed 30-degree rig, so re-rendering the input view
+at a candidate elevation needs the candidate to be 30 degrees; a loss-ranking over candidates would cost
+several UNet passes per candidate and still be biased toward 30 degrees. The geometric estimate is free,
+deterministic and testable against analytic silhouettes (tests/test_pipelines.py: cylinders, square and
+rectangular boxes rendered with the rig camera).
+
+Measured on Blender renders of the procedural objects (``bench/bench_elevation.py``, table in the README):
+median error 5.7 degrees against 15.0 for the fixed 30-degree guess, but a worst error of 42.8 against 40.0
+(a cone view at 40 degrees: a corner fitted to a short piece of outline gave -2.8), so ``conf/generate.yaml``
+keeps ``method: fixed`` (30 degrees, the elevation of the target rig) by default and ``method: silhouette`` is
+the opt-in.
 """
 from __future__ import annotations
 
@@ -44,7 +56,7 @@ class ElevationConfig:
     """Numbers of the estimator (``elevation_estimate`` in ``conf/generate.yaml``)."""
 
     band_fraction: float = 0.35   # bottom band height, fraction of the silhouette height
-    min_points: int = 8           # fewer bottom-contour points than this -> fallback
+    min_points: int = 8           # a fit needs at least this many outline points
     max_slope: float = 2.0        # drop contour points steeper than this (the silhouette's side lines)
     slope_window: int = 2         # half-width in pixels of the finite difference that measures the slope
     min_deg: float = -10.0
@@ -162,15 +174,16 @@ def corner_candidate(px: np.ndarray, py: np.ndarray, min_points: int):
     slopes ``k1 = -tan(t) sin(phi)`` and ``k2 = cot(t) sin(phi)``, so ``sin(phi)^2 = -k1 k2`` for any turn ``t``.
     """
     i = int(np.argmax(py))
-    sides = (slice(0, i + 1), slice(i, len(px)))
-    fits, res = [], []
-    for sl in sides:
-        x, y = px[sl], py[sl]
-        if len(x) < max(3, min_points // 2) or np.ptp(x) < 2.0:
-            return "no corner"
-        coef, r = robust_line(x, y)
-        fits.append(coef)
-        res.append(r)
+    best = None
+    # the lowest point is the corner (on both edges), or the end of one edge when the corner is hidden (a leg)
+    splits = ((slice(0, i + 1), slice(i, None)), (slice(0, i), slice(i, None)), (slice(0, i + 1), slice(i + 1, None)))
+    for sides in splits:
+        fit = corner_lines(px, py, sides, min_points)
+        if fit is not None and (best is None or fit[2] < best[2]):
+            best = fit
+    if best is None:
+        return "no corner"
+    fits, sides, rms = best
     k1, k2 = fits[0][0], fits[1][0]
     rise = min(k1 * np.ptp(px[sides[0]]), -k2 * np.ptp(px[sides[1]]))
     if rise < 2.0:  # an edge that climbs less than 2 px cannot be told from a horizontal one (a face head-on)
@@ -180,7 +193,20 @@ def corner_candidate(px: np.ndarray, py: np.ndarray, min_points: int):
         return f"implausible corner (slopes {k1:.2f}, {k2:.2f})"
     xc = (fits[1][1] - fits[0][1]) / (k1 - k2)
     yc = float(np.polyval(fits[0], xc))
-    return math.sqrt(s2), yc, float(np.sqrt(np.mean(np.concatenate(res) ** 2))), (fits[0], fits[1], xc)
+    return math.sqrt(s2), yc, rms, (fits[0], fits[1], xc)
+
+
+def corner_lines(px: np.ndarray, py: np.ndarray, sides, min_points: int):
+    """Robust lines through the two ``sides`` (slices) of the outline -> (fits, sides, rms) or None."""
+    fits, res = [], []
+    for sl in sides:
+        x, y = px[sl], py[sl]
+        if len(x) < max(3, min_points // 2) or np.ptp(x) < 2.0:
+            return None
+        coef, r = robust_line(x, y)
+        fits.append(coef)
+        res.append(r)
+    return fits, sides, float(np.sqrt(np.mean(np.concatenate(res) ** 2)))
 
 
 def corner_elevation(lines, size: int, focal: float, guess_deg: float) -> float | None:
@@ -302,11 +328,11 @@ def estimate_elevation(mask: np.ndarray, cfg: ElevationConfig | None = None) -> 
     if not good:
         reasons = "; ".join(f"{c['outline']} {c['fit']}: {c.get('reason', 'rms %.1f px' % c.get('rms_px', 0))}"
                             for c in cands)
-        return ElevationEstimate(float(cfg.fallback_deg), None, "fallback", {"reason": reasons, "candidates": cands})
+        return ElevationEstimate(float(cfg.fallback_deg), None, "fallback", {"reason": reasons})
     best = select_candidate(good, cfg)
     raw = float(best["elevation_deg"])
     est = float(min(max(raw, cfg.min_deg), cfg.max_deg))
-    return ElevationEstimate(est, raw, "silhouette", {**{k: v for k, v in best.items()}, "candidates": cands})
+    return ElevationEstimate(est, raw, "silhouette", {k: v for k, v in best.items() if k != "elevation_deg"})
 
 
 def select_candidate(good: list[dict], cfg: ElevationConfig) -> dict:
