@@ -1,7 +1,7 @@
 """Benchmark: the input-view elevation estimate against the truth, per procedural object class.
 
     nice -n 15 .venv/bin/python bench/bench_elevation.py [--per-kind 2] [--views 8] [--resolution 128]
-        [--keep renders/elevation] [--method silhouette]
+        [--keep renders/elevation] [--method silhouette] [--seed 7]
 
 Renders the procedural objects (``syncdreamer.data.procedural``) with Blender through the normal render
 driver (``conf/render.yaml``, ``preset=fast``) at the input elevations ``--elevations`` (default -10, 0, 10,
@@ -116,6 +116,9 @@ def main(argv=None):
     parser.add_argument("--method", default="silhouette", help="elevation_estimate.method to measure")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--keep", default=None, help="render into (and reuse) this folder")
+    parser.add_argument("--seed", type=int, default=7,
+                        help="procedural seed of the objects (7: the README table; another seed: a disjoint "
+                             "development set)")
     args = parser.parse_args(argv)
 
     from syncdreamer.data import procedural
@@ -123,7 +126,7 @@ def main(argv=None):
     out = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_elevation_"))
     mesh_dir = out / "meshes"
     n = args.per_kind * len(procedural.KINDS)
-    procedural.make_procedural_set(mesh_dir, n, seed=7)
+    procedural.make_procedural_set(mesh_dir, n, seed=args.seed)
     t0 = time.time()
     sets = render_pairs(mesh_dir, out, args.elevations, args.views, args.resolution, args.workers,
                         log=lambda msg: print(msg, file=sys.stderr))
@@ -131,7 +134,8 @@ def main(argv=None):
     gen_cfg.model = OmegaConf.load(REPO / "conf" / "model" / "syncdreamer.yaml")
     rows = measure(sets, gen_cfg, args.method)
     method = args.method or gen_cfg.elevation_estimate.get("method", "silhouette")
-    print(f"Elevation estimate (method={method}) on {n} procedural objects ({args.per_kind} per class), "
+    print(f"Elevation estimate (method={method}) on {n} procedural objects ({args.per_kind} per class, "
+          f"seed {args.seed}), "
           f"{args.views} azimuths x {len(args.elevations)} elevations {args.elevations}, Blender fast preset "
           f"at {args.resolution} px, framed as generate.py (crop_size={gen_cfg.crop_size}); "
           f"{time.time() - t0:.0f} s (rendering or reusing --keep, then estimating)\n")

@@ -107,14 +107,58 @@ def test_elevation_estimate_on_cylinders(shape):
     assert max(abs(x) for x in errors) <= 4.0, errors
 
 
+@pytest.mark.parametrize("az", [20, 30, 45, 60, 70])
+def test_elevation_estimate_on_boxes(az):
+    """Square prisms turned off face-on: the base outline is a corner, sin^2(elevation) = -k1 k2."""
+    errors = []
+    for e in (0, 10, 20, 30, 40):
+        est = estimate_elevation(silhouette(e, 0.3, 0.4, square=True, az_deg=az))
+        assert est.method == "silhouette" and est.details["fit"] == "corner", (e, est.details)
+        errors.append(est.elevation_deg - e)
+    assert max(abs(x) for x in errors) <= 3.0, errors  # the short edge at 20 deg turn spans few pixels
+
+
+def test_elevation_estimate_on_a_rectangular_box():
+    """A long flat box (a 3:1 footprint) at several turns: the corner relation does not need a square."""
+    rig_e = 25.0
+    for az in (25, 50, 115):
+        est = estimate_elevation(box_silhouette(rig_e, (0.6, 0.2, 0.15), az))
+        assert est.method == "silhouette" and abs(est.elevation_deg - rig_e) <= 1.0, (az, est.details)
+
+
+def test_elevation_estimate_box_on_a_leg():
+    """A leg under the box's near corner hides the corner: the fit skips the leg's segment of the outline."""
+    for e in (10, 25, 40):
+        m = box_silhouette(e, (0.5, 0.3, 0.2), 40)
+        ys, xs = np.nonzero(m)
+        x0, y0 = int(xs[np.argmax(ys)]), int(ys.max())
+        m[y0 - 10:y0 + 20, x0 - 4:x0 + 5] = True  # a leg 9 px wide, reaching 20 px below the corner
+        est = estimate_elevation(m)
+        assert est.method == "silhouette" and est.details["fit"] == "corner", (e, est.details)
+        assert abs(est.elevation_deg - e) <= 3.0, (e, est.elevation_deg)
+
+
+def box_silhouette(elev_deg, extents, az_deg, size=256, focal=280.0):
+    """Silhouette of a box (x, y, z extents) standing on z = -z/2, turned by the rig azimuth ``az_deg``."""
+    rig = cameras.make_rig(1, elev_deg, 1.5, size, focal, azimuth_start_deg=az_deg)
+    hx, hy, hz = (0.5 * v for v in extents)
+    pts = np.array([[sx * hx, sy * hy, sz * hz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
+    pix, _ = cameras.project(pts, rig.poses[0], rig.Ks[0])
+    m = np.zeros((size, size), np.uint8)
+    cv2.fillConvexPoly(m, cv2.convexHull(np.round(pix * 8).astype(np.int32)), 1, shift=3)
+    return m.astype(bool)
+
+
 def test_elevation_estimate_clamps_and_falls_back():
     cfg = ElevationConfig(min_deg=-10, max_deg=25, fallback_deg=30)
     est = estimate_elevation(silhouette(40, 0.4, 0.3), cfg)
     assert est.elevation_deg == 25 and est.raw_deg > 25
-    # a box turned 30 degrees: its base outline is a V, which no ellipse fits -> the configured fallback
-    box = estimate_elevation(silhouette(20, 0.3, 0.6, square=True, az_deg=30), cfg)
+    assert est.to_json()["elevation_deg"] == 25 and est.to_json()["fit"] == "ellipse"
+    # a box seen face-on: its base outline is a straight horizontal edge, which any elevation gives
+    # -> the configured fallback
+    box = estimate_elevation(silhouette(20, 0.3, 0.6, square=True, az_deg=0), cfg)
     assert (box.method, box.elevation_deg, box.raw_deg) == ("fallback", 30.0, None)
-    assert "not elliptic" in box.details["reason"]
+    assert "straight horizontal outline" in box.details["reason"]
     assert estimate_elevation(np.zeros((32, 32), bool)).method == "fallback"
     assert estimate_elevation(np.zeros((32, 32), bool)).elevation_deg == 30.0
 
