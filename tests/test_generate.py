@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from omegaconf import OmegaConf
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,7 +147,6 @@ def test_rgb_image_opencv_fallback_and_samples(micro, tmp_path):
         assert meta["input_view"]["source"] == "estimated"
         # the estimate is the silhouette estimator's on the framed mask, with conf/generate.yaml's numbers
         # and the model's focal length (the clamp alone would keep any number in [-10, 40])
-        from omegaconf import OmegaConf
 
         numbers = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "generate.yaml").elevation_estimate)
         expected = estimate_elevation(np.asarray(Image.open(f / "input.png"))[..., 3] > 0,
@@ -182,9 +182,19 @@ def test_folder_of_two_images_is_reproducible(micro, tmp_path):
     assert np.array_equal(first, np.asarray(Image.open(out / "a" / "strip.png")))
 
 
-def test_default_elevation_is_the_fixed_guess_and_is_printed(micro, tmp_path, caplog):
-    """elevation=null uses elevation_estimate.method=fixed (bench/bench_elevation.py: the silhouette estimate
-    does not beat a fixed 30 deg), and the elevation used is logged."""
+def cylinder_picture(elevation_deg: float) -> np.ndarray:
+    """RGBA (256, 256) of an upright cylinder seen by the rig camera from ``elevation_deg``."""
+    from test_pipelines import silhouette
+
+    img = np.zeros((256, 256, 4), np.uint8)
+    img[silhouette(elevation_deg, 0.3, 0.6)] = (90, 90, 200, 255)
+    return img
+
+
+def test_default_elevation_is_the_silhouette_estimate_and_is_printed(micro, tmp_path, caplog):
+    """elevation=null uses elevation_estimate.method=silhouette by default (bench/bench_elevation.py: median
+    error 5.7 vs 15.0 deg for a fixed 30): a cylinder seen from 20 deg is estimated near 20 (not the 30 guess),
+    and the elevation used is logged. A default back on `fixed`, or an estimate that ignores the picture, fails."""
     import logging
 
     from hydra import compose, initialize_config_dir
@@ -192,14 +202,20 @@ def test_default_elevation_is_the_fixed_guess_and_is_printed(micro, tmp_path, ca
     from syncdreamer.pipelines.generate import collect_inputs
 
     src = tmp_path / "obj.png"
-    Image.fromarray(rgba_picture()).save(src)
+    Image.fromarray(cylinder_picture(20.0)).save(src)
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(config_name="generate", overrides=overrides(micro, tmp_path / "out", f"input={src}",
                                                                    "elevation=null"))
+    assert cfg.elevation_estimate.method == "silhouette"
     with caplog.at_level(logging.INFO, logger="syncdreamer.pipelines.generate"):
         item, = collect_inputs(cfg, 64, torch.device("cpu"))
+    est = item.elevation
+    assert est["source"] == "estimated" and est["estimate"]["method"] == "silhouette", est
+    assert abs(est["elevation_deg"] - 20.0) < 5.0, est
+    assert f"obj: input elevation {est['elevation_deg']:.1f} deg (estimated)" in caplog.text
+    fixed = OmegaConf.merge(cfg, {"elevation_estimate": {"method": "fixed"}})
+    item, = collect_inputs(fixed, 64, torch.device("cpu"))
     assert item.elevation["elevation_deg"] == 30.0 and item.elevation["source"] == "fixed guess"
-    assert "obj: input elevation 30.0 deg (fixed guess)" in caplog.text
 
 
 @pytest.fixture(scope="session")
