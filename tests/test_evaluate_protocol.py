@@ -64,6 +64,25 @@ def test_evaluate_official_protocol_records_provenance(tmp_path):
     assert summary["objects"] == 2 and summary["n"]["iou"] == 2  # both reconstructed and measured
 
 
+def test_given_meshes_report_the_neus_preset_of_their_recon_json(tmp_path):
+    """Meshes made by reconstruct.py (as `make demo` hands them to evaluate.py) carry recon.json beside them:
+    the summary names their preset and steps instead of "none"."""
+    _procedural_benchmark(tmp_path)
+    for kind in ("box", "torus"):
+        mesh = tmp_path / "pred" / kind / "mesh.ply"
+        mesh.write_bytes((tmp_path / "gt" / "meshes" / f"{kind}.ply").read_bytes())
+        (mesh.parent / "recon.json").write_text(json.dumps({"preset": "fast", "steps": 60, "device": "cpu"}))
+    out = tmp_path / "eval"
+    r = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), f"gt_dir={tmp_path / 'gt'}",
+                        f"predictions_dir={tmp_path / 'pred'}", f"output_dir={out}", "metrics=[psnr]",
+                        f"rig.image_size={SIZE}", f"rig.focal={280.0 * SIZE / 256}", "device=cpu"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode in (0, 1), r.stderr[-2000:]
+    prov = json.loads((out / "summary.json").read_text())["provenance"]
+    assert prov["neus_preset"] == "fast (meshes given)" and prov["neus_steps"] == 60, prov
+    assert prov["sampler"] == ["ddim"] and prov["seeds"] == [6033]
+
+
 def test_evaluate_bad_protocol_and_device_are_one_line(tmp_path):
     _procedural_benchmark(tmp_path)
     base = [sys.executable, str(ROOT / "evaluate.py"), f"gt_dir={tmp_path / 'gt'}",

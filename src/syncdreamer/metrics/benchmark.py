@@ -121,6 +121,7 @@ class _Run:
     wandb_run: object
     log: Callable
     generation: list = field(default_factory=list)
+    given_recon: list = field(default_factory=list)  # recon.json beside given meshes (reconstruct.py)
 
 
 def _setup(cfg, generate_fn, reconstruct_fn, log) -> _Run:
@@ -201,6 +202,12 @@ def _samples(run: _Run, name: str):
         if cams.is_file():
             try:
                 run.generation.append(json.loads(cams.read_text()))
+            except ValueError:
+                pass
+        info = s.mesh.parent / "recon.json" if s.mesh is not None else None
+        if info is not None and info.is_file():
+            try:
+                run.given_recon.append(json.loads(info.read_text()))
             except ValueError:
                 pass
     return samples
@@ -297,11 +304,20 @@ def provenance(run: _Run) -> dict:
         except metadata.PackageNotFoundError:
             versions[pkg] = "not installed"
     versions["python"] = platform.python_version()
-    recon = run.recon
+    recon, given = run.recon, run.given_recon
+    if recon:
+        preset, steps = recon["name"], int(recon["train"]["steps"])
+    elif run.reconstruct_fn:
+        preset, steps = "custom reconstruct_fn", None
+    elif given:  # meshes made by reconstruct.py, which leaves recon.json beside each mesh
+        presets, all_steps = _distinct(r.get("preset") for r in given), _distinct(r.get("steps") for r in given)
+        preset = f"{', '.join(map(str, presets)) or 'not recorded'} (meshes given)"
+        steps = all_steps[0] if len(all_steps) == 1 else (all_steps or None)
+    else:
+        preset, steps = "none (meshes given)", None
     return {
         "protocol": run.protocol, "volume_iou": iou, "chamfer": f"depth points at the rig, voxel {g.get('voxel', 0.01)}",
-        "neus_preset": recon["name"] if recon else ("custom reconstruct_fn" if run.reconstruct_fn else "none (meshes given)"),
-        "neus_steps": int(recon["train"]["steps"]) if recon else None,
+        "neus_preset": preset, "neus_steps": steps,
         "sampler": field_("sampler"), "sample_steps": field_("sample_steps"), "cfg_scale": field_("cfg_scale"),
         "seeds": _distinct(m.get("seed") for m in gen) or run.cfg.get("seeds") or "not recorded",
         "sample_num": field_("sample_num"), "versions": versions,

@@ -132,6 +132,10 @@ def stage_evaluate(state: DemoState, cfg) -> None:
     mesh = next(iter(sorted(state.recon_dir.glob("*.ply"))), None)
     if mesh is not None:
         shutil.copy(mesh, pred / "mesh.ply")
+    # provenance for summary.md: sampler, steps, cfg, seed (cameras.json) and the NeuS preset (recon.json)
+    for info in (state.views_dir / "cameras.json", state.recon_dir / "recon.json"):
+        if info.is_file():
+            shutil.copy(info, pred / info.name)
     state.eval_dir = state.out / "evaluate"
     metrics = list(cfg.metrics)
     if "lpips" in metrics and not _lpips_weights_present():
