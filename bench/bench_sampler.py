@@ -197,10 +197,10 @@ def main(argv=None):
                    "its VAE and CLIP); default: a random condition latent and CLIP embedding per seed")
     p.add_argument("--ode-precision", default="fp32", help="--ode-error: the denoiser's precision (fp32 | bf16)")
     args = p.parse_args(argv)
-    if args.ode_error:
-        return ode_error_table(args)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.ode_error:
+        return ode_error_table(args)
     rows = []
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     for device in devices:
