@@ -107,15 +107,15 @@ def ode_model(config: str, weights: str | None):
 
 
 def read_input(path: str, size: int) -> torch.Tensor:
-    """An RGBA or RGB picture -> (1, 3, size, size) in [-1, 1], composited on white."""
+    """A picture -> (1, 3, size, size) in [-1, 1], through generate.py's loader and framing (pad to square)."""
     import numpy as np
-    from PIL import Image
 
-    from syncdreamer.imaging import composite_on_white
+    from syncdreamer.pipelines.preprocess import load_image, prepare_input
 
-    rgba = np.asarray(Image.open(path).convert("RGBA").resize((size, size), Image.BICUBIC), np.float32) / 255
-    rgb = composite_on_white(rgba)
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None] * 2 - 1
+    pic = load_image(path)
+    if pic.shape[-1] == 3:
+        pic = np.concatenate([pic, np.full(pic.shape[:2] + (1,), 255, np.uint8)], -1)
+    return prepare_input(pic, -1, size)[0][None]
 
 
 def ode_error_table(args) -> int:
@@ -131,9 +131,12 @@ def ode_error_table(args) -> int:
 
     config = (args.configs or ["syncdreamer_tiny"])[0]
     if args.checkpoint:  # a trained model (ours or official), its EMA weights when it has them
-        from syncdreamer.checkpoints import load_model
+        from syncdreamer.checkpoints import CheckpointError, load_model
 
-        model = load_model(args.checkpoint).requires_grad_(False)
+        try:
+            model = load_model(args.checkpoint).requires_grad_(False)
+        except CheckpointError as err:
+            sys.exit(f"error: {err}")
         config = f"{args.checkpoint} ({model.checkpoint_info['weights']} weights, {model.image_size} px)"
     else:
         model = ode_model(config, args.weights)
@@ -145,12 +148,19 @@ def ode_error_table(args) -> int:
     runs += [(name, cls, end, s) for name, cls in (("DPM-Solver++ (2M)", SyncDPMSolverSampler),
                                                  ("UniPC (bh2)", SyncUniPCSampler)) for s in args.solver_steps]
     errs: dict[tuple[str, int], list[float]] = {}
+    C, h, N = model.latent_channels, model.latent_size, model.view_num
+    if args.input:  # a real input view through the model's VAE and CLIP (elevation 30 degrees), same for all seeds
+        from syncdreamer.pipelines.errors import InputError
+
+        try:
+            picture = read_input(args.input, model.image_size)
+        except InputError as err:
+            sys.exit(f"error: {err}")
+        real = model.prepare_condition(picture, torch.tensor([0.5236]), sample=False)
     for seed in args.seeds:
         g = torch.Generator().manual_seed(seed)
-        C, h, N = model.latent_channels, model.latent_size, model.view_num
-        if args.input:  # a real input view through the model's VAE and CLIP (elevation 30 degrees)
-            cond = model.prepare_condition(read_input(args.input, model.image_size), torch.tensor([0.5236]),
-                                           sample=False)
+        if args.input:
+            cond = real
         else:
             latent, clip = torch.randn(1, C, h, h, generator=g), torch.randn(1, 1, model.clip_dim, generator=g)
             cond = model.complete(Condition(latent, clip, torch.tensor([0.3])))
@@ -195,8 +205,14 @@ def main(argv=None):
                    "e.g. the one `make demo` trains, or the official one) instead of --configs / --weights")
     p.add_argument("--input", default=None, help="--ode-error: condition on this picture (needs --checkpoint with "
                    "its VAE and CLIP); default: a random condition latent and CLIP embedding per seed")
-    p.add_argument("--ode-precision", default="fp32", help="--ode-error: the denoiser's precision (fp32 | bf16)")
+    p.add_argument("--ode-precision", default="fp32", choices=["fp32", "bf16"],
+                   help="--ode-error: the denoiser's precision")
     args = p.parse_args(argv)
+    for flag, path in (("--checkpoint", args.checkpoint), ("--input", args.input), ("--weights", args.weights)):
+        if path and not Path(path).is_file():
+            p.error(f"{flag} {path}: no such file")
+    if args.input and not args.checkpoint:
+        p.error("--input needs --checkpoint (a model with its VAE and CLIP to encode the picture)")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.ode_error:

@@ -198,19 +198,22 @@ def _samples(run: _Run, name: str):
     if run.cfg.get("seeds") and run.generate_fn is None and run.cfg.get("filter_seeds", False):
         samples = [s for s in samples if s.sample in {str(x) for x in run.cfg["seeds"]}]
     for s in samples:
-        cams = (s.views if s.views.is_dir() else s.views.parent) / "cameras.json"
-        if cams.is_file():
-            try:
-                run.generation.append(json.loads(cams.read_text()))
-            except ValueError:
-                pass
-        info = s.mesh.parent / "recon.json" if s.mesh is not None else None
-        if info is not None and info.is_file():
-            try:
-                run.given_recon.append(json.loads(info.read_text()))
-            except ValueError:
-                pass
+        _append_record(run.generation, (s.views if s.views.is_dir() else s.views.parent) / "cameras.json")
+        if s.mesh is not None:  # meshes made by reconstruct.py carry recon.json (preset, steps)
+            _append_record(run.given_recon, s.mesh.parent / "recon.json")
     return samples
+
+
+def _append_record(records: list, path: Path) -> None:
+    """Append the JSON object in ``path`` to ``records`` (provenance only: a missing or malformed file is skipped)."""
+    if not path.is_file():
+        return
+    try:
+        record = json.loads(path.read_text())
+    except ValueError:
+        return
+    if isinstance(record, dict):
+        records.append(record)
 
 
 def _predicted_mesh(run: _Run, name: str, s, pred_views, gt: dict):
