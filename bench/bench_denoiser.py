@@ -15,8 +15,9 @@ Rows (``--candidates`` adds the ones marked *):
   token computed in full (what the official code does);
 - ``fp32``: our step (SDPA depth attention, single-token cross-attention shortcut);
 - ``fp32 weights + autocast``*: ``torch.autocast(bfloat16)`` around the fp32 model (re-casts weights per call);
-- ``bf16``: weights cast once (``SyncDreamer.set_precision("bf16")``), norms and geometry in float32;
-- ``bf16 + channels-last``*; ``bf16 + compile`` (``--compile``, and by default on a GPU): compile time reported.
+- ``bf16``: weights cast once (``SyncDreamer.set_precision("bf16")``), NHWC conv weights, norms and geometry
+  in float32;
+- ``bf16, NCHW conv weights``* (``channels_last=False``); ``bf16 + compile`` (``--compile``, and by default on a GPU): compile time reported.
 With CUDA present and no ``--precision``, the GPU table (fp32, bf16, bf16 + compile) comes with the CPU one.
 """
 from __future__ import annotations
@@ -106,7 +107,7 @@ def variants(precisions: list[str], candidates: bool, compile_too: bool) -> list
     for p in [p for p in precisions if p != "fp32"]:
         rows.append((p, p, {}))
         if candidates:
-            rows.append((f"{p} + channels-last", p, dict(channels_last=True)))
+            rows.append((f"{p}, NCHW conv weights", p, dict(channels_last=False)))
         if compile_too:
             rows.append((f"{p} + compile", p, dict(compile=True)))
     return rows
@@ -124,10 +125,7 @@ def bench_config(name: str, device: str, rows, repeats: int, candidate_repeats: 
     params = sum(p.numel() for p in model.parameters()) / 1e6
     out, ref, base = [], None, None
     for label, precision, opt in rows:
-        if precision != model.precision:
-            model.set_precision(precision)
-        if opt.get("channels_last"):
-            model.set_precision(precision, channels_last=True)
+        model.set_precision(precision, channels_last=opt.get("channels_last"))  # None: the model's default
         if opt.get("compile"):
             compile_denoiser(model)
         set_official_algorithm(model, opt.get("official", False))

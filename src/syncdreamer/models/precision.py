@@ -43,14 +43,18 @@ def cast_weights(module: nn.Module, dtype: torch.dtype) -> nn.Module:
     return module
 
 
-def to_channels_last(module: nn.Module) -> nn.Module:
+def to_channels_last(module: nn.Module, channels_last: bool = True) -> nn.Module:
     """Store Conv2d weights as channels_last and Conv3d weights as channels_last_3d (oneDNN / cuDNN NHWC
-    kernels then keep activations in that layout instead of reordering at every call)."""
+    kernels then keep activations in that layout instead of reordering at every call); ``channels_last=False``
+    puts them back in the standard contiguous layout. Returns ``module``."""
     for sub in module.modules():
         if isinstance(sub, (nn.Conv2d, nn.ConvTranspose2d)):
-            sub.weight.data = sub.weight.data.contiguous(memory_format=torch.channels_last)
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
         elif isinstance(sub, (nn.Conv3d, nn.ConvTranspose3d)):
-            sub.weight.data = sub.weight.data.contiguous(memory_format=torch.channels_last_3d)
+            fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
+        else:
+            continue
+        sub.weight.data = sub.weight.data.contiguous(memory_format=fmt)
     return module
 
 
