@@ -275,8 +275,9 @@ def test_smoke_experiment_end_to_end(tmp_path):
     if shutil.which("blender") is None:
         pytest.skip("Blender not installed")
     args = [sys.executable, str(REPO / "train.py"), "experiment=smoke", f"paths.data_dir={tmp_path / 'data'}",
-            f"paths.log_dir={tmp_path / 'logs'}", "trainer.max_steps=20", "trainer.val_check_interval=20",
-            "data.prepare.num_objects=4", "data.prepare.val_objects=1", "trainer.enable_progress_bar=false"]
+            f"paths.log_dir={tmp_path / 'logs'}", "trainer.max_steps=4", "trainer.val_check_interval=4",
+            "vae_warmup.steps=10", "system.validation.sample_steps=2", "data.prepare.num_objects=4",
+            "data.prepare.val_objects=1", "trainer.enable_progress_bar=false"]
     proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run = next((tmp_path / "logs" / "train" / "runs" / "smoke").iterdir())
