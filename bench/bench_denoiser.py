@@ -168,7 +168,7 @@ def main() -> None:
     ap.add_argument("--precision", nargs="+", default=None, choices=["fp32", "bf16", "fp16"],
                     help="default: fp32 bf16")
     ap.add_argument("--candidates", action="store_true", help="add the candidate rows (official algorithm, "
-                    "autocast, channels-last)")
+                    "autocast, bf16 with NCHW conv weights)")
     ap.add_argument("--compile", action="store_true", help="add a torch.compile row (default on a GPU)")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up (median reported)")
     ap.add_argument("--candidate-repeats", type=int, default=None, help="timed runs of candidate rows "

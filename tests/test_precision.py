@@ -62,8 +62,9 @@ def test_reduced_precision_stores_conv_weights_nhwc_by_default_and_fp32_nchw(gol
     assert conv3d().is_contiguous(memory_format=torch.channels_last_3d) and not conv3d().is_contiguous()
     model.set_precision("bf16", channels_last=False)
     assert conv2d().is_contiguous() and conv3d().is_contiguous() and model.channels_last is False
-    model.set_precision("fp32")
-    assert conv2d().dtype == torch.float32 and conv2d().is_contiguous() and model.channels_last is False
+    model.set_precision("bf16").set_precision("fp32")  # fp32's default undoes the NHWC that bf16 left
+    assert conv2d().dtype == conv3d().dtype == torch.float32 and model.channels_last is False
+    assert conv2d().is_contiguous() and conv3d().is_contiguous()
 
 
 def test_bf16_error_budget_holds_across_timesteps(golden):
