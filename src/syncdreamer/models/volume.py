@@ -109,6 +109,15 @@ class _Block3D(nn.Module):
         return self.conv(F.silu(self.norm(x) if self.up else self.bn(x)))
 
 
+def cpu_bf16_training(x: torch.Tensor) -> bool:
+    """True when a 3D net's convs would run in bf16 on the CPU under autocast with a backward to follow: the 3D nets
+    then run in float32 instead. oneDNN's bf16 Conv3d weight gradient is intermittently non-finite for small
+    volumes (torch 2.14.1: 9 of 400 backward passes of a 48-channel conv on a (2, 48, 2, 2, 2) input, none in fp32;
+    it stopped bf16-mixed CPU training with a NaN loss at random). Inference and GPUs keep bf16."""
+    return (x.device.type == "cpu" and torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+
+
 class SpatialTime3DNet(nn.Module):
     """3D U-Net on the spatial volume: x (B, in_dim, V, V, V), t (B, T) -> (B, dims[0], V, V, V)."""
 
@@ -124,6 +133,12 @@ class SpatialTime3DNet(nn.Module):
         self.conv7, self.conv8, self.conv9 = blk(d3, d2, up=True), blk(d2, d1, up=True), blk(d1, d0, up=True)
 
     def forward(self, x, t):
+        if cpu_bf16_training(x):  # see cpu_bf16_training: float32 on the CPU when a bf16 backward follows
+            with torch.autocast("cpu", enabled=False):
+                return self._forward(x.float(), t.float())
+        return self._forward(x, t)
+
+    def _forward(self, x, t):
         t = t[..., None, None, None]
         c0 = self.conv0(self.init_conv(x), t)
         c2 = self.conv2_1(self.conv2_0(self.conv1(c0, t), t), t)
@@ -152,6 +167,12 @@ class FrustumTV3DNet(nn.Module):
         self.up0, self.up1, self.up2 = blk(d3, d2, up=True), blk(d2, d1, up=True), blk(d1, d0, up=True)
 
     def forward(self, x, t, v):
+        if cpu_bf16_training(x):  # see cpu_bf16_training
+            with torch.autocast("cpu", enabled=False):
+                return self._forward(x.float(), t.float(), v.float())
+        return self._forward(x, t, v)
+
+    def _forward(self, x, t, v):
         t, v = t[..., None, None, None], v[..., None, None, None]
         w = x.shape[-1]
         x0 = self.conv0(x)
