@@ -127,6 +127,26 @@ def test_require_options_reads_the_config_file_and_the_command_line(tmp_path, ca
     assert capsys.readouterr().err == "error: missing required option b=... (python x.py b=<value> ...)\n"
 
 
+def test_a_global_config_group_on_the_command_line_can_set_a_required_option(tmp_path, capsys):
+    """`python evaluate.py benchmark=proxy checkpoint=...`: the benchmark group sets gt_dir, so it is not missing."""
+    conf = tmp_path / "c.yaml"
+    conf.write_text("gt_dir: ???\ncheckpoint: null\n")
+    (tmp_path / "benchmark").mkdir()
+    (tmp_path / "benchmark" / "proxy.yaml").write_text("# @package _global_\ngt_dir: /data\ncheckpoint: ???\n")
+    (tmp_path / "benchmark" / "local.yaml").write_text("gt_dir: /data\n")  # not global: sets benchmark.gt_dir
+    require_options(conf, ["benchmark=proxy"])
+    for argv in (["benchmark=local"], ["benchmark=nothing"], []):
+        with pytest.raises(SystemExit):
+            require_options(conf, argv, script="e.py")
+        assert "missing required option gt_dir=..." in capsys.readouterr().err
+
+
+def test_proxy_benchmark_command_reaches_its_own_checks(tmp_path):
+    res = run_script("evaluate.py", ["benchmark=proxy", f"checkpoint={tmp_path / 'none.ckpt'}",
+                                     f"output_dir={tmp_path / 'out'}"], tmp_path)
+    assert_one_line_usage_error(res, "none.ckpt not found")
+
+
 def test_check_missing_names_nested_keys(capsys):
     from omegaconf import OmegaConf
 

@@ -233,3 +233,106 @@ def test_ema_tracks_trainable_parameters_and_swaps():
     other = SyncDreamerSystem(small_model(), ema={"decay": 0.5})
     other.ema.load_state_dict(state)
     assert other.ema.num_updates == 1
+
+
+# ---------------------------------------------------------------------------------------------- proxy recipe knobs
+def test_several_target_views_per_sample_average_the_single_view_losses():
+    """target_views=K draws K distinct views per sample, and its loss is the mean of the K one-view losses
+    (one spatial volume for all of them); K=1 keeps the official draws."""
+    model = small_model(randomize_zero_init=True).eval()
+    system = SyncDreamerSystem(model, target_views=4)
+    batch = fake_image_batch()
+    d = system.draw(torch.zeros(2, 16, 4, 8, 8), torch.Generator().manual_seed(0))
+    assert d.target_index.shape == (2, 4)
+    assert all(len(set(row.tolist())) == 4 for row in d.target_index)
+    with torch.no_grad():
+        loss, eps = system.compute_loss(batch, draws=d, generator=torch.Generator().manual_seed(3))
+        singles = [system.compute_loss(batch, draws=Draws(d.t, d.noise, d.target_index[:, k:k + 1]),
+                                       generator=torch.Generator().manual_seed(3))[0] for k in range(4)]
+    assert eps.shape == (2, 4, 4, 8, 8)
+    torch.testing.assert_close(loss, torch.stack(singles).mean(), atol=1e-5, rtol=1e-5)
+    big = SyncDreamerSystem(small_model(), target_views=16).draw(torch.zeros(3, 16, 4, 8, 8))
+    assert all(sorted(row.tolist()) == list(range(16)) for row in big.target_index)
+    with pytest.raises(ValueError, match="target_views=17"):
+        SyncDreamerSystem(small_model(), target_views=17)
+
+
+def test_truncated_snr_weighting_is_eps_mse_at_high_snr_and_x0_mse_at_low_snr():
+    from syncdreamer.diffusion.loss import timestep_weights
+
+    model = small_model(randomize_zero_init=True).eval()
+    sa, s1 = model.sqrt_alphas_cumprod, model.sqrt_one_minus_alphas_cumprod
+    t = torch.tensor([0, 100, 500, 999])
+    assert torch.equal(timestep_weights(t, sa, s1, "eps"), torch.ones(4))
+    w = timestep_weights(t, sa, s1, "truncated_snr")
+    inv_snr = (s1[t] / sa[t]) ** 2
+    assert w[0] == 1 and w[1] == 1  # SNR > 1: plain eps-MSE
+    torch.testing.assert_close(w[2:], inv_snr[2:].float())  # SNR < 1: the x0-MSE (eps-MSE / SNR)
+    assert 200 < w[3] < 230  # the SD schedule at t = 999
+    assert timestep_weights(t, sa, s1, "truncated_snr", max_weight=20.0)[3] == 20.0
+    with pytest.raises(ValueError, match="unknown loss weighting"):
+        timestep_weights(t, sa, s1, "snr")
+    # the weighted loss is the weighted mean of the per-sample eps-MSEs
+    batch = fake_image_batch()
+    plain, weighted = SyncDreamerSystem(model), SyncDreamerSystem(model, loss_weighting="truncated_snr")
+    d = plain.draw(torch.zeros(2, 16, 4, 8, 8), torch.Generator().manual_seed(0))
+    d = Draws(torch.tensor([50, 900]), d.noise, d.target_index)
+    w = timestep_weights(d.t, sa, s1, "truncated_snr")
+    x0, cond = plain.encode_batch(batch, torch.Generator().manual_seed(3))
+    lat = {"target_latent": x0, "input_latent": cond.input_latent, "clip_embed": cond.clip_embed,
+           "input_elevation": batch["input_elevation"]}
+    with torch.no_grad():
+        per = [plain.compute_loss({k: v[i:i + 1] for k, v in lat.items()},
+                                  draws=Draws(d.t[i:i + 1], d.noise[i:i + 1], d.target_index[i:i + 1]))[0]
+               for i in range(2)]
+        lw, _ = weighted.compute_loss(lat, draws=d)
+    torch.testing.assert_close(lw, (w * torch.stack(per)).mean(), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="loss_weighting"):
+        SyncDreamerSystem(model, loss_weighting="x0")
+
+
+def test_set_scale_factor_changes_the_latent_scale_everywhere_and_keeps_images():
+    model = small_model().eval()
+    img = fake_image_batch(B=1)["input_image"]
+    with torch.no_grad():
+        z1 = model.encode_first_stage(img, sample=False)
+        out1 = model.decode_first_stage(z1)
+        model.set_scale_factor(model.scale_factor * 2)
+        z2 = model.encode_first_stage(img, sample=False)
+        out2 = model.decode_first_stage(z2)
+    assert model.model.scale_factor == model.scale_factor == model.first_stage_model.scale_factor
+    torch.testing.assert_close(z2, 2 * z1)
+    torch.testing.assert_close(out2, out1, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="positive"):
+        model.set_scale_factor(0.0)
+
+
+def test_v_prediction_returns_eps_and_trains_on_the_v_mse():
+    """prediction_type=v: the UNet's output is v = a eps - b x0; the model still returns eps (= a v + b x_t), and
+    the system's default loss for it is the v-MSE."""
+    from syncdreamer.diffusion.schedule import q_sample
+
+    model = small_model(randomize_zero_init=True, prediction_type="v").eval()
+    system = SyncDreamerSystem(model)
+    assert system.loss_weighting == "v" and SyncDreamerSystem(small_model()).loss_weighting == "eps"
+    batch = fake_image_batch()
+    d = system.draw(torch.zeros(2, 16, 4, 8, 8), torch.Generator().manual_seed(0))
+    d = Draws(torch.tensor([30, 950]), d.noise, d.target_index)
+    with torch.no_grad():
+        loss, eps = system.compute_loss(batch, draws=d, generator=torch.Generator().manual_seed(3))
+        x0, cond = system.encode_batch(batch, torch.Generator().manual_seed(3))
+        cond = model.complete(cond)
+        xt = q_sample(x0, d.t, d.noise, model.sqrt_alphas_cumprod, model.sqrt_one_minus_alphas_cumprod)
+        t_embed = model.embed_time(d.t)
+        frustum, tokens, concat = model.target_view_inputs(model.spatial_volume_for(xt, d.t, cond, t_embed),
+                                                           t_embed, cond, d.target_index)
+        rows = torch.arange(2)
+        v_pred = model.model(xt[rows, d.target_index[:, 0]], d.t, tokens, frustum, concat)
+    a = model.sqrt_alphas_cumprod[d.t].view(-1, 1, 1, 1).float()
+    b = model.sqrt_one_minus_alphas_cumprod[d.t].view(-1, 1, 1, 1).float()
+    x_tgt, n_tgt = x0[rows, d.target_index[:, 0]], d.noise[rows, d.target_index[:, 0]]
+    torch.testing.assert_close(eps, a * v_pred + b * xt[rows, d.target_index[:, 0]], atol=1e-5, rtol=1e-5)
+    v_true = a * n_tgt - b * x_tgt
+    torch.testing.assert_close(loss, (v_pred - v_true).pow(2).mean(), atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="prediction_type='x0'"):
+        SyncDreamer(prediction_type="x0")

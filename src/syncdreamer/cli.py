@@ -43,6 +43,24 @@ def _command_line_value(key: str, argv) -> str | None:
     return values[-1] if values else None
 
 
+def _keys_set_by_groups(conf_dir: Path, argv) -> set[str]:
+    """Top-level keys that the global-package config groups chosen on the command line set (for example
+    ``benchmark=proxy`` sets ``gt_dir``): such keys are not missing even if the primary config leaves them ``???``."""
+    keys: set[str] = set()
+    for arg in argv:
+        if "=" not in arg:
+            continue
+        group, choice = arg.split("=", 1)
+        path = conf_dir / group.lstrip("+") / f"{choice}.yaml"
+        if not group or "/" in choice or not path.is_file():
+            continue
+        if "@package _global_" not in path.read_text().split("\n", 1)[0]:
+            continue
+        node = OmegaConf.load(str(path))
+        keys.update(k for k in node if isinstance(k, str) and not OmegaConf.is_missing(node, k))
+    return keys
+
+
 def require_options(config_file: str | Path, argv=None, script: str | None = None,
                     existing: tuple[str, ...] = ()) -> None:
     """Exit with one line when a top-level ``???`` option of ``config_file`` is not set in ``argv``, or when
@@ -57,7 +75,8 @@ def require_options(config_file: str | Path, argv=None, script: str | None = Non
         return
     cfg = OmegaConf.load(str(config_file))
     required = [k for k in cfg if isinstance(k, str) and OmegaConf.is_missing(cfg, k)]
-    missing = [k for k in required if _command_line_value(k, argv) is None]
+    set_by_groups = _keys_set_by_groups(Path(config_file).parent, argv)
+    missing = [k for k in required if _command_line_value(k, argv) is None and k not in set_by_groups]
     if missing:
         usage_error(missing_message(missing, script or Path(sys.argv[0]).name))
     for key in existing:

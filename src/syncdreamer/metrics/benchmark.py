@@ -73,8 +73,15 @@ def _build_generate_fn(spec):
         return None
     if callable(spec):
         return spec
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
-    fn = instantiate(spec)
+    try:
+        fn = instantiate(spec)
+    except InstantiationException as exc:  # a bad checkpoint path etc.: report the cause, not Hydra's wrapper
+        cause = exc.__cause__
+        if isinstance(cause, (ValueError, FileNotFoundError)):
+            raise cause from None
+        raise
     if not callable(fn):
         raise ValueError(f"generate config did not build a callable: {spec}")
     return fn

@@ -103,6 +103,9 @@ class SyncDreamer(nn.Module):
     ``volume_resolution`` is V, ``frustum_depth`` is D. ``vae`` / ``clip`` are keyword dicts for
     :class:`~syncdreamer.models.vae.KLAutoencoder` / :class:`~syncdreamer.models.clip.CLIPImageEmbedder`, or
     ``None`` to build the denoiser only (the golden ``denoiser_tiny`` fixture holds exactly that part).
+    ``prediction_type``: what the UNet outputs, ``eps`` (official) or ``v`` (``v = sqrt(ac) eps - sqrt(1-ac) x0``,
+    for training from scratch: at high t an eps-network must reproduce x_t almost exactly to say anything about
+    x0, a v-network does not). Either way every method here returns eps, so samplers and guidance are unchanged.
     """
 
     def __init__(self, view_num: int = 16, image_size: int = 256, volume_resolution: int = 32,
@@ -111,8 +114,11 @@ class SyncDreamer(nn.Module):
                  time_embed_dim: int = 256, scale_factor: float = 0.18215, unet: dict | UNetConfig | None = None,
                  volume: dict | None = None, vae: dict | None = None, clip: dict | None = None,
                  schedule: dict | None = None, condition_drop: dict | None = None, use_checkpoint: bool = False,
-                 attention_backend: str = "sdpa"):
+                 attention_backend: str = "sdpa", prediction_type: str = "eps"):
         super().__init__()
+        if prediction_type not in ("eps", "v"):
+            raise ValueError(f"prediction_type={prediction_type!r}: use eps (official) or v")
+        self.prediction_type = prediction_type
         if image_size % 8:
             raise ValueError(f"image_size={image_size} must be divisible by 8 (the VAE downsamples by 8)")
         self.view_num, self.image_size, self.latent_size = view_num, image_size, image_size // 8
@@ -171,6 +177,15 @@ class SyncDreamer(nn.Module):
     def denoiser_modules(self) -> list[nn.Module]:
         """The networks called at every sampling step (UNet + depth attention, volumes, time MLP, cc_projection)."""
         return [self.model, self.spatial_volume, self.time_embed, self.cc_projection]
+
+    def set_scale_factor(self, scale_factor: float) -> "SyncDreamer":
+        """Set the latent scale everywhere it is used (VAE encode/decode, the UNet's concat input)."""
+        if not scale_factor > 0:
+            raise ValueError(f"scale_factor must be positive, got {scale_factor}")
+        self.scale_factor = self.model.scale_factor = float(scale_factor)
+        if self.first_stage_model is not None:
+            self.first_stage_model.scale_factor = float(scale_factor)
+        return self
 
     def set_precision(self, precision: str = "fp32", channels_last: bool | None = None) -> "SyncDreamer":
         """Run :meth:`predict_eps` in ``fp32`` | ``bf16`` | ``fp16``: the denoiser's matmul/conv weights are cast
@@ -315,6 +330,10 @@ class SyncDreamer(nn.Module):
             eps = self.model.forward_cfg(x, tt, tokens, frustum, concat, cfg_scale)
         else:
             eps = self.model(x, tt, tokens, frustum, concat, drop_conditions=drop_conditions)
+        if self.prediction_type == "v":  # the UNet predicted v = a eps - b x0; eps = a v + b x_t (exact, a^2 + b^2 = 1)
+            shape = (-1,) + (1,) * (x.dim() - 1)
+            a, b = self.sqrt_alphas_cumprod[tt].view(shape), self.sqrt_one_minus_alphas_cumprod[tt].view(shape)
+            eps = (a * eps.float() + b * x.float()).to(eps.dtype)
         return eps.reshape(B, TN, *eps.shape[1:])
 
     def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor, cond: Condition, cfg_scale: float = 1.0,

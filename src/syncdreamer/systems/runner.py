@@ -205,6 +205,15 @@ def _build_model(cfg: DictConfig, datamodule):
         warmup_vae(model, datamodule.root, uids, int(cfg.model.image_size), int(cfg.model.view_num),
                    steps=int(warm.steps), lr=float(warm.lr), batch_size=int(warm.batch_size),
                    kl_weight=float(warm.kl_weight), seed=int(cfg.get("seed") or 0))
+        if warm.get("calibrate_scale", False):
+            from .vae_warmup import latent_scale
+
+            scale = latent_scale(model.first_stage_model, datamodule.root, uids, int(cfg.model.image_size),
+                                 int(cfg.model.view_num))
+            log.info("vae warm-up: latent scale %.5f for unit-variance latents (config had %s)", scale,
+                     cfg.model.scale_factor)
+            model.set_scale_factor(scale)
+            cfg.model.scale_factor = scale  # into the run config, so checkpoints rebuild the same model
     return model
 
 

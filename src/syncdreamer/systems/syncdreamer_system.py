@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ..config import dataclass_from, to_plain
-from ..diffusion.loss import training_loss
+from ..diffusion.loss import WEIGHTINGS, training_loss
 from ..diffusion.sampler import SyncDDIMSampler
 from ..models.syncdreamer import Condition, SyncDreamer
 from .ema import ParameterEMA
@@ -45,7 +45,7 @@ __all__ = ["Draws", "OptimConfig", "ValidationConfig", "SyncDreamerSystem", "war
 
 @dataclass
 class Draws:
-    """The random draws of one training step: ``t`` (B,) int64, ``noise`` (B, N, 4, h, w), ``target_index`` (B, 1)."""
+    """The random draws of one training step: ``t`` (B,) int64, ``noise`` (B, N, 4, h, w), ``target_index`` (B, K)."""
 
     t: torch.Tensor
     noise: torch.Tensor
@@ -98,11 +98,18 @@ class SyncDreamerSystem(L.LightningModule):
         ema: ``{"decay": 0.9999}`` to keep an EMA of the trainable parameters, ``None``/``{}`` for none.
         validation: :class:`ValidationConfig` fields.
         vae_chunk: images per VAE encoder call inside the step (memory knob; values unchanged).
+        target_views: K, the views per sample that get the loss (distinct, drawn per sample). 1 is the official
+            recipe (the UNet runs on one view; the volume always sees all N). More views give K times the
+            supervision for much less than K times the step cost (the volume is built once): the CPU proxy's choice.
+        loss_weighting, loss_max_weight: timestep weighting of the eps-MSE
+            (:func:`syncdreamer.diffusion.loss.timestep_weights`): ``eps`` (official, uniform), ``v``,
+            ``truncated_snr``, or ``auto``: ``v`` (the v-MSE) for a ``prediction_type=v`` model, else ``eps``.
     """
 
     def __init__(self, model: SyncDreamer, optimizer: dict | OptimConfig | None = None, finetune_unet: bool = False,
                  drop_conditions: bool = False, ema: dict | None = None, validation: dict | None = None,
-                 vae_chunk: int = 64):
+                 vae_chunk: int = 64, target_views: int = 1, loss_weighting: str = "auto",
+                 loss_max_weight: float | None = None):
         super().__init__()
         # plain containers only (Hydra passes DictConfigs): checkpoints must load with weights_only=True
         optimizer, ema, validation = to_plain(optimizer), to_plain(ema), to_plain(validation)
@@ -113,6 +120,15 @@ class SyncDreamerSystem(L.LightningModule):
         self.val_cfg = dataclass_from(ValidationConfig, validation)
         self.finetune_unet, self.drop_conditions, self.vae_chunk = bool(finetune_unet), bool(drop_conditions), int(vae_chunk)
         self.train_volume = bool(model.unet_config.depth_attention)
+        self.target_views = int(target_views)
+        if loss_weighting == "auto":
+            loss_weighting = "v" if model.prediction_type == "v" else "eps"
+        if loss_weighting not in WEIGHTINGS:
+            raise ValueError(f"system.loss_weighting={loss_weighting!r}: use one of {', '.join(WEIGHTINGS)}")
+        self.loss_weighting = str(loss_weighting)
+        self.loss_max_weight = None if loss_max_weight is None else float(loss_max_weight)
+        if not 1 <= self.target_views <= model.view_num:
+            raise ValueError(f"system.target_views={target_views} must be between 1 and model.view_num={model.view_num}")
         model.freeze_for_training(finetune_unet=self.finetune_unet)
         if not self.train_volume:  # no depth attention: the volume never reaches the UNet, so it gets no gradient
             for p in model.trainable_parameter_groups()["volume"]:
@@ -232,11 +248,15 @@ class SyncDreamerSystem(L.LightningModule):
         return x0.float(), Condition(z.float(), clip.float(), elev)
 
     def draw(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> Draws:
-        """The official draws: ``t ~ U{0..T-1}`` (B,), ``target_index ~ U{0..N-1}`` (B, 1), ``noise ~ N(0, I)``."""
+        """The official draws: ``t ~ U{0..T-1}`` (B,), ``target_index ~ U{0..N-1}`` (B, 1), ``noise ~ N(0, I)``;
+        with ``target_views`` K > 1, ``target_index`` (B, K) holds K distinct views per sample."""
         B, N = x0.shape[:2]
         dev = x0.device
         t = torch.randint(0, self.model.num_timesteps, (B,), device=dev, generator=generator)
-        target_index = torch.randint(0, N, (B, 1), device=dev, generator=generator)
+        if self.target_views == 1:
+            target_index = torch.randint(0, N, (B, 1), device=dev, generator=generator)
+        else:
+            target_index = torch.rand((B, N), device=dev, generator=generator).argsort(1)[:, :self.target_views]
         noise = torch.randn(x0.shape, device=dev, dtype=x0.dtype, generator=generator)
         return Draws(t, noise, target_index)
 
@@ -250,7 +270,8 @@ class SyncDreamerSystem(L.LightningModule):
         if draws is None:
             draws = self.draw_hook(x0) if self.draw_hook is not None else self.draw(x0, generator)
         return training_loss(self.model, x0, cond, draws.t.to(x0.device).long(), draws.noise.to(x0),
-                             draws.target_index.to(x0.device).long(), drop_conditions=drop_conditions)
+                             draws.target_index.to(x0.device).long(), drop_conditions=drop_conditions,
+                             weighting=self.loss_weighting, max_weight=self.loss_max_weight)
 
     # ------------------------------------------------------------------------------------------ training
     def on_fit_start(self) -> None:

@@ -99,3 +99,20 @@ def warmup_vae(model, root, uids: list[str], image_size: int, view_num: int, ste
     tmp.replace(cache)
     log.info("vae warm-up: L1+KL %.4f -> %.4f, saved %s", losses[0], losses[-1], cache)
     return cache
+
+
+@torch.no_grad()
+def latent_scale(vae, root, uids: list[str], image_size: int, view_num: int, max_views: int = 2048,
+                 seed: int = 0) -> float:
+    """The latent scale that gives the fitted VAE's latents unit standard deviation: ``1 / std`` of the posterior
+    means (unscaled) of up to ``max_views`` rendered views of ``uids`` (a seeded choice). Stable Diffusion's
+    0.18215 was measured the same way for its VAE; a VAE fitted here has its own, and a latent far from unit
+    variance shifts the signal-to-noise ratio of every timestep of the fixed noise schedule."""
+    images = _views(Path(root), uids, image_size, view_num)
+    if len(images) > max_views:
+        images = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:max_views]]
+    means = torch.cat([vae.posterior(chunk)[0] for chunk in images.split(256)])
+    std = float(means.float().std())
+    if not std > 0:
+        raise ValueError(f"vae_warmup.calibrate_scale: the fitted VAE's latents have std {std}; fit it longer")
+    return 1.0 / std
