@@ -36,13 +36,13 @@ def test_report_shows_every_part(tmp_path):
     (st.train_dir / "csv" / "metrics.csv").write_text(
         "epoch,step,train/loss,val/loss\n0,0,1.0,\n0,1,0.5,\n0,1,,0.7\n0,2,0.25,\n")
     st.eval_dir.mkdir()
-    (st.eval_dir / "metrics.csv").write_text("object,sample,status,psnr,chamfer\nobj,0,ok,13.2,0.21\n")
+    (st.eval_dir / "metrics.csv").write_text("object,sample,status,psnr,mask_iou,chamfer\nobj,0,ok,13.2,0.617,0.21\n")
     st.timings = {"train": 10.0, "total": 30.0}
     html = write_report(st, tmp_path / "report.html").read_text()
     assert html.count("data:image/png;base64") == 1 + 32 + 1  # input, 16 generated + 16 GT views, val grid
     assert "data:image/gif;base64" in html  # turntable
     assert "<svg" in html and html.count("<circle") == 1  # loss curve with the one val point
-    assert "<td>13.2</td>" in html and "<td>0.21</td>" in html and "obj" in html
+    assert "<td>13.2</td>" in html and "<td>0.617</td>" in html and "<td>0.21</td>" in html and "obj" in html
     assert read_loss_curve(st.train_dir)["train/loss"] == [(0.0, 1.0), (1.0, 0.5), (2.0, 0.25)]
     assert "no loss log" in loss_svg({"train/loss": [], "val/loss": []})
 

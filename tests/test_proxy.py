@@ -63,6 +63,9 @@ def test_proxy_configs_compose():
         ev = compose("evaluate", overrides=["benchmark=proxy", "checkpoint=x.ckpt"])
         assert ev.generate.checkpoint == "x.ckpt" and "mask_iou" in ev.metrics and ev.objects == "val_uids.txt"
         assert compose("evaluate", overrides=["gt_dir=g"]).generate is None  # benchmark: null by default
+        assert cfg.model.prediction_type == "v" and cfg.system.target_views == 16 and cfg.vae_warmup.calibrate_scale
+    demo = OmegaConf.load(REPO / "conf" / "demo.yaml")  # make demo runs a shorter cut of the same recipe
+    assert "experiment=proxy" in demo.train_overrides and "cfg_scale=1.0" in demo.generate_overrides
 
 
 def _sample_views(model, image, elevation, seed=1, steps=10, drop_concat=False):
