@@ -222,6 +222,29 @@ def test_interrupted_run_resumes_from_last_ckpt_with_global_step(tmp_path, data_
     assert rec.lrs[0] == pytest.approx(1e-3 * (0.02 + 0.98 * 0.3))
 
 
+def test_calibrated_latent_scale_goes_into_the_checkpoint_and_survives_resume(tmp_path, data_root):
+    """vae_warmup.calibrate_scale: the fitted VAE's latent scale is set on the model, written into the run config
+    of every checkpoint, used by the loader, and restored when a run resumes (not the config's 0.18215)."""
+    import syncdreamer.systems.runner as runner
+    from syncdreamer.systems.vae_warmup import latent_scale
+
+    extra = {"vae_warmup.steps": 3, "vae_warmup.calibrate_scale": "true", "trainer.val_check_interval": 100}
+    cfg = compose_cfg(tiny_overrides(tmp_path, data_root, steps=2, **extra))
+    train(cfg)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    model, config = load_model_from_checkpoint(last)
+    scale = config["model"]["scale_factor"]
+    assert scale != pytest.approx(0.18215) and model.scale_factor == scale
+    assert model.first_stage_model.scale_factor == model.model.scale_factor == scale
+    from syncdreamer.data import layout
+
+    uids = layout.read_uid_list(data_root / "train.txt")  # 1 / std of the fitted VAE's latents of the train views
+    assert latent_scale(model.first_stage_model, data_root, uids, 64, 16) == pytest.approx(scale, rel=1e-4)
+    resumed = compose_cfg(tiny_overrides(tmp_path, data_root, steps=4, **extra) + [f"ckpt_path={last}"])
+    rebuilt = runner._build_model(resumed, datamodule=None)
+    assert rebuilt.scale_factor == scale and resumed.model.scale_factor == scale
+
+
 def test_overfit_two_objects_loss_goes_down(tmp_path, data_root):
     """A short overfit on two objects through Lightning: the loss on fixed draws drops clearly."""
     import lightning as L

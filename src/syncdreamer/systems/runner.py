@@ -190,8 +190,12 @@ def _build_model(cfg: DictConfig, datamodule):
 
     model = instantiate(cfg.model)
     if cfg.get("ckpt_path"):
-        state = torch.load(str(cfg.ckpt_path), map_location="cpu", mmap=True, weights_only=True)["state_dict"]
-        model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
+        ckpt = torch.load(str(cfg.ckpt_path), map_location="cpu", mmap=True, weights_only=True)
+        model.load_state_dict({k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")})
+        saved = OmegaConf.select(OmegaConf.create(ckpt.get("config") or {}), "model.scale_factor")
+        if saved is not None and float(saved) != model.scale_factor:  # a latent scale calibrated by the first run
+            model.set_scale_factor(float(saved))
+            cfg.model.scale_factor = float(saved)
         return model
     if OmegaConf.select(cfg, "init_from.path"):
         initialize_weights(model, cfg.init_from)
