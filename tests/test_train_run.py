@@ -129,6 +129,12 @@ def test_bad_input_fails_before_training(tmp_path, data_root):
         train(compose_cfg(base + ["data.image_size=128"]))
     with pytest.raises(ConfigError, match="finetune_unet"):
         train(compose_cfg(base + ["model.unet.depth_attention=false", "system.finetune_unet=false"]))
+    with pytest.raises(ConfigError, match="target_views=0"):
+        train(compose_cfg(base + ["system.target_views=0"]))
+    with pytest.raises(ConfigError, match="prediction_type='x0'"):
+        train(compose_cfg(base + ["model.prediction_type=x0"]))
+    with pytest.raises(ConfigError, match="loss_weighting='snr'"):
+        train(compose_cfg(base + ["system.loss_weighting=snr"]))
     with pytest.raises(DataError, match="does not exist"):
         train(compose_cfg(base + [f"data.root={tmp_path}/no_data"]))
     empty = tmp_path / "empty"

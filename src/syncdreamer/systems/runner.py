@@ -61,6 +61,15 @@ def check_config(cfg: DictConfig) -> None:
     if not depth_attention and not bool(_get(cfg, "system.finetune_unet", False)):
         raise ConfigError("model.unet.depth_attention=false leaves nothing to train: set system.finetune_unet=true "
                           "(the Zero123 fine-tune baseline, experiment=ablation_no_volume)")
+    pred = _get(cfg, "model.prediction_type", "eps")
+    if pred not in ("eps", "v"):
+        raise ConfigError(f"model.prediction_type={pred!r}: use eps (official) or v")
+    views = _get(cfg, "system.target_views", 1)
+    if not 1 <= int(views) <= int(m.view_num):
+        raise ConfigError(f"system.target_views={views} must be between 1 and model.view_num={m.view_num}")
+    weighting = _get(cfg, "system.loss_weighting", "auto")
+    if weighting not in ("auto", "eps", "v", "truncated_snr"):
+        raise ConfigError(f"system.loss_weighting={weighting!r}: use auto, eps, v or truncated_snr")
     ckpt = OmegaConf.select(cfg, "ckpt_path")
     if ckpt and not Path(str(ckpt)).is_file():
         raise ConfigError(f"ckpt_path={ckpt} does not exist (resume from <run dir>/checkpoints/last.ckpt)")
