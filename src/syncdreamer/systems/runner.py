@@ -67,9 +67,11 @@ def check_config(cfg: DictConfig) -> None:
     views = _get(cfg, "system.target_views", 1)
     if not 1 <= int(views) <= int(m.view_num):
         raise ConfigError(f"system.target_views={views} must be between 1 and model.view_num={m.view_num}")
+    from ..diffusion.loss import WEIGHTINGS
+
     weighting = _get(cfg, "system.loss_weighting", "auto")
-    if weighting not in ("auto", "eps", "v", "truncated_snr"):
-        raise ConfigError(f"system.loss_weighting={weighting!r}: use auto, eps, v or truncated_snr")
+    if weighting not in ("auto", *WEIGHTINGS):
+        raise ConfigError(f"system.loss_weighting={weighting!r}: use one of auto, {', '.join(WEIGHTINGS)}")
     ckpt = OmegaConf.select(cfg, "ckpt_path")
     if ckpt and not Path(str(ckpt)).is_file():
         raise ConfigError(f"ckpt_path={ckpt} does not exist (resume from <run dir>/checkpoints/last.ckpt)")
