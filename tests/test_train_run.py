@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -135,6 +136,10 @@ def test_bad_input_fails_before_training(tmp_path, data_root):
         train(compose_cfg(base + ["model.prediction_type=x0"]))
     with pytest.raises(ConfigError, match="loss_weighting='snr'"):
         train(compose_cfg(base + ["system.loss_weighting=snr"]))
+    with pytest.raises(ConfigError, match="decay_steps='soon'"):
+        train(compose_cfg(base + ["system.optimizer.decay_steps=soon"]))
+    with pytest.raises(ConfigError, match="decay_final=2"):
+        train(compose_cfg(base + ["system.optimizer.decay_steps=10", "system.optimizer.decay_final=2"]))
     with pytest.raises(DataError, match="does not exist"):
         train(compose_cfg(base + [f"data.root={tmp_path}/no_data"]))
     empty = tmp_path / "empty"
@@ -348,15 +353,38 @@ def test_init_from_checkpoint_loads_weights_before_training(tmp_path, data_root,
     assert torch.equal(sd["model.cc_projection.weight"], donor["cc_projection.weight"])
 
 
+def _ddp_failure_report(proc, logs: Path) -> str:
+    """What a failed DDP run printed: its stdout / stderr tails and every rank's Hydra log tail (rank 1's
+    traceback is otherwise cut off by rank 0's, which only says that its peer went away)."""
+    parts = [proc.stdout[-3000:], proc.stderr[-6000:]]
+    for log in sorted(logs.rglob("*.log")):
+        parts.append(f"--- {log.name}\n" + log.read_text(errors="replace")[-3000:])
+    return "\n".join(parts)
+
+
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(tmp_path, data_root):
-    """`trainer.strategy=ddp trainer.devices=2` on CPU (gloo): both ranks train, rank 0 writes one run folder."""
-    over = [o for o in tiny_overrides(tmp_path, data_root, steps=2) if not o.startswith("paths.output_dir")]
-    args = [sys.executable, str(REPO / "train.py")] + over + ["data.batch_size=1", "trainer.strategy=ddp",
-                                                             "trainer.devices=2"]
-    proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    runs = list((tmp_path / "logs" / "train" / "runs" / "smoke").iterdir())
+    """`trainer.strategy=ddp trainer.devices=2` on CPU (gloo): both ranks train, rank 0 writes one run folder.
+
+    One CI run (2026-12-06) lost rank 1 after its first step (gloo: "Connection closed by peer" in rank 0's
+    checkpoint barrier) and 11 local repetitions did not; the run is repeated once in a fresh folder when that
+    happens, with a warning that carries the first attempt's report (PYTHONFAULTHANDLER shows a crash's
+    stack). Two failures in a row fail the test."""
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+    for attempt in (1, 2):
+        work = tmp_path / f"attempt{attempt}"
+        work.mkdir()
+        over = [o for o in tiny_overrides(work, data_root, steps=2) if not o.startswith("paths.output_dir")]
+        args = [sys.executable, str(REPO / "train.py")] + over + ["data.batch_size=1", "trainer.strategy=ddp",
+                                                                 "trainer.devices=2"]
+        proc = subprocess.run(args, capture_output=True, text=True, cwd=work, timeout=900, env=env)
+        if proc.returncode == 0:
+            break
+        report = _ddp_failure_report(proc, work / "logs")
+        if attempt == 2 or "Connection closed by peer" not in proc.stdout + proc.stderr:
+            pytest.fail(f"attempt {attempt} exited {proc.returncode}:\n{report}")
+        warnings.warn(f"DDP attempt 1 lost a rank, repeated once; its report:\n{report[-4000:]}")
+    runs = list((work / "logs" / "train" / "runs" / "smoke").iterdir())
     assert len(runs) == 1
     run = runs[0]
     assert (run / "train_ddp_process_1.log").is_file()

@@ -115,6 +115,18 @@ def test_warmup_factor_numbers():
     assert warmup_factor(0, 0, 0.02) == 1.0
 
 
+def test_cosine_decay_after_warmup():
+    """decay_steps: 1 at the end of warm-up, half way down at the midpoint, `final` at decay_steps and after."""
+    assert warmup_factor(10, 20, 0.1, decay_steps=120, final=0.0) == pytest.approx(0.55)
+    assert warmup_factor(20, 20, 0.1, decay_steps=120, final=0.0) == pytest.approx(1.0)
+    assert warmup_factor(70, 20, 0.1, decay_steps=120, final=0.0) == pytest.approx(0.5)
+    assert warmup_factor(70, 20, 0.1, decay_steps=120, final=0.2) == pytest.approx(0.6)
+    assert warmup_factor(120, 20, 0.1, decay_steps=120, final=0.2) == pytest.approx(0.2)
+    assert warmup_factor(500, 20, 0.1, decay_steps=120, final=0.2) == pytest.approx(0.2)
+    assert warmup_factor(45, 0, 0.1, decay_steps=90) == pytest.approx(0.5)
+    assert warmup_factor(500, 20, 0.1, decay_steps=None) == 1.0
+
+
 def test_no_volume_ablation_trains_the_unet_and_freezes_the_volume():
     model = small_model(unet={"depth_attention": False})
     with pytest.raises(ValueError, match="finetune_unet"):

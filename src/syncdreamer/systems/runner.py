@@ -72,6 +72,11 @@ def check_config(cfg: DictConfig) -> None:
     weighting = _get(cfg, "system.loss_weighting", "auto")
     if weighting not in ("auto", *WEIGHTINGS):
         raise ConfigError(f"system.loss_weighting={weighting!r}: use one of auto, {', '.join(WEIGHTINGS)}")
+    decay, final = _get(cfg, "system.optimizer.decay_steps", None), _get(cfg, "system.optimizer.decay_final", 0.0)
+    if decay is not None and (not isinstance(decay, int) or isinstance(decay, bool) or decay < 1):
+        raise ConfigError(f"system.optimizer.decay_steps={decay!r} must be a positive step count or null")
+    if not isinstance(final, (int, float)) or isinstance(final, bool) or not 0.0 <= final <= 1.0:
+        raise ConfigError(f"system.optimizer.decay_final={final!r} must be a number in [0, 1]")
     ckpt = OmegaConf.select(cfg, "ckpt_path")
     if ckpt and not Path(str(ckpt)).is_file():
         raise ConfigError(f"ckpt_path={ckpt} does not exist (resume from <run dir>/checkpoints/last.ckpt)")

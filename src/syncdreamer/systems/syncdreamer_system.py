@@ -21,8 +21,8 @@ The random draws of a step come from :meth:`draw`; pass ``draws=`` to :meth:`com
 from __future__ import annotations
 
 import contextlib
-
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -64,6 +64,8 @@ class OptimConfig:
     eps: float = 1e-8
     warmup_steps: int = 100
     warmup_start: float = 0.02         # LambdaLinearScheduler f_start
+    decay_steps: int | None = None     # cosine decay of the LR factor from 1 (end of warm-up) to decay_final at
+    decay_final: float = 0.0           # this step, then constant (official: None, constant after warm-up)
 
 
 @dataclass
@@ -79,12 +81,17 @@ class ValidationConfig:
     save_images: bool = True           # PNG grids under <run dir>/images/val/
 
 
-def warmup_factor(step: int, warmup_steps: int, start: float) -> float:
+def warmup_factor(step: int, warmup_steps: int, start: float, decay_steps: int | None = None,
+                  final: float = 0.0) -> float:
     """LR factor: linear from ``start`` (step 0) to 1 at ``warmup_steps``, then 1 (official LambdaLinearScheduler
-    with f_max = f_min = 1)."""
-    if warmup_steps <= 0 or step >= warmup_steps:
+    with f_max = f_min = 1); with ``decay_steps``, a half cosine from 1 at ``warmup_steps`` to ``final`` at
+    ``decay_steps``, then ``final``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return start + (1.0 - start) * step / warmup_steps
+    if decay_steps is None or decay_steps <= warmup_steps:
         return 1.0
-    return start + (1.0 - start) * step / warmup_steps
+    frac = min(1.0, (step - max(warmup_steps, 0)) / (decay_steps - max(warmup_steps, 0)))
+    return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * frac))
 
 
 class SyncDreamerSystem(L.LightningModule):
@@ -178,7 +185,7 @@ class SyncDreamerSystem(L.LightningModule):
         opt = torch.optim.AdamW(self.parameter_groups(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                                 weight_decay=o.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: warmup_factor(step, o.warmup_steps, o.warmup_start))
+            opt, lambda step: warmup_factor(step, o.warmup_steps, o.warmup_start, o.decay_steps, o.decay_final))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
     def train(self, mode: bool = True):
