@@ -1,0 +1,69 @@
+"""The best any diffusion model on a fitted VAE can score: the held-out GT views through the VAE (markdown table).
+
+    python bench/bench_vae_ceiling.py [train overrides...]      # default: experiment=proxy
+
+Builds the model of the training config (seeded as ``train.py`` seeds it), fits or loads the cached VAE
+warm-up exactly as training does (``vae_warmup``), then for every object of the data set's validation list
+encodes its 16 GT target views (posterior mean), decodes them, quantises to 8 bit as a generated PNG is, and
+scores them with the proxy benchmark's metrics (PSNR / SSIM on white, mask IoU against the GT alpha). A
+generator whose numbers are far below this table is limited by the diffusion model, not by the latent space.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main(overrides: list[str]) -> None:
+    import lightning as L
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from syncdreamer.data.dataset import resolve_uids
+    from syncdreamer.metrics.image import mask_iou, psnr, ssim
+    from syncdreamer.recon.io import load_views
+    from syncdreamer.systems.vae_warmup import warmup_vae
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        cfg = compose("train", overrides=["experiment=proxy", f"paths.root_dir={REPO}"] + overrides)
+    w = cfg.get("vae_warmup")
+    if w is None or int(w.get("steps", 0)) <= 0:
+        sys.exit("vae_warmup.steps is 0 in this config: there is no fitted VAE to measure (use experiment=proxy)")
+    root = Path(str(cfg.data.root))
+    val_file = root / "val_uids.txt"
+    if not val_file.is_file():
+        sys.exit(f"{val_file} not found: render the data set first (python train.py {' '.join(overrides) or 'experiment=proxy'} "
+                 "trainer.max_steps=1)")
+    L.seed_everything(int(cfg.get("seed") or 0))
+    model = instantiate(cfg.model)
+    uids = resolve_uids(root, "train_uids.txt") if (root / "train_uids.txt").is_file() else None
+    if not uids:
+        sys.exit(f"{root}/train_uids.txt not found or empty: the VAE warm-up is keyed by the training objects")
+    size, n = int(cfg.model.image_size), int(cfg.model.view_num)
+    warmup_vae(model, root, uids, size, n, steps=int(w.steps), lr=float(w.lr), batch_size=int(w.batch_size),
+               kl_weight=float(w.kl_weight), seed=int(cfg.get("seed") or 0))
+    vae = model.first_stage_model.eval()
+    rows = []
+    for uid in resolve_uids(root, "val_uids.txt"):
+        gt = load_views(root / "target" / uid, n)                      # (N, H, W, 4) in [0, 1]
+        rgb = gt[..., :3] * gt[..., 3:] + (1.0 - gt[..., 3:])
+        x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2).float() * 2 - 1
+        with torch.no_grad():
+            rec = vae.decode(vae.encode(x, sample=False)).clamp(-1, 1)
+        rec8 = ((rec + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        rows.append((uid, psnr(rec8, gt).mean(), ssim(rec8, gt).mean(), mask_iou(rec8, gt).mean()))
+    print(f"VAE ceiling on {len(rows)} held-out objects of {root} ({n} views, {size} px)\n")
+    print("| object | PSNR | SSIM | mask IoU |\n|---|---|---|---|")
+    for uid, p, s, m in rows:
+        print(f"| {uid} | {p:.2f} | {s:.3f} | {m:.3f} |")
+    mean = np.array([r[1:] for r in rows]).mean(0)
+    print(f"| **mean** | **{mean[0]:.2f}** | **{mean[1]:.3f}** | **{mean[2]:.3f}** |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
