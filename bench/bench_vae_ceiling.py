@@ -29,8 +29,12 @@ def main(overrides: list[str]) -> None:
     from syncdreamer.recon.io import load_views
     from syncdreamer.systems.vae_warmup import warmup_vae
 
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        cfg = compose("train", overrides=["experiment=proxy", f"paths.root_dir={REPO}"] + overrides)
+    default = [] if any(o.startswith("experiment=") for o in overrides) else ["experiment=proxy"]
+    try:
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+            cfg = compose("train", overrides=default + [f"paths.root_dir={REPO}"] + overrides)
+    except Exception as exc:  # Hydra's composition / override-grammar errors: one line, not a traceback
+        sys.exit(f"bench_vae_ceiling: {str(exc).splitlines()[0]} (overrides are train.py's, e.g. seed=1)")
     w = cfg.get("vae_warmup")
     if w is None or int(w.get("steps", 0)) <= 0:
         sys.exit("vae_warmup.steps is 0 in this config: there is no fitted VAE to measure (use experiment=proxy)")
