@@ -24,7 +24,8 @@ def main(overrides: list[str]) -> None:
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from syncdreamer.data.dataset import resolve_uids
+    from syncdreamer.data.dataset import DataError, resolve_uids
+    from syncdreamer.imaging import composite_on_white
     from syncdreamer.metrics.image import mask_iou, psnr, ssim
     from syncdreamer.recon.io import load_views
     from syncdreamer.systems.vae_warmup import warmup_vae
@@ -45,9 +46,10 @@ def main(overrides: list[str]) -> None:
                  "trainer.max_steps=1)")
     L.seed_everything(int(cfg.get("seed") or 0))
     model = instantiate(cfg.model)
-    uids = resolve_uids(root, "train_uids.txt") if (root / "train_uids.txt").is_file() else None
-    if not uids:
-        sys.exit(f"{root}/train_uids.txt not found or empty: the VAE warm-up is keyed by the training objects")
+    try:
+        uids = resolve_uids(root, "train_uids.txt")  # the VAE warm-up is keyed by the training objects
+    except DataError as exc:
+        sys.exit(f"bench_vae_ceiling: {exc}")
     size, n = int(cfg.model.image_size), int(cfg.model.view_num)
     warmup_vae(model, root, uids, size, n, steps=int(w.steps), lr=float(w.lr), batch_size=int(w.batch_size),
                kl_weight=float(w.kl_weight), seed=int(cfg.get("seed") or 0))
@@ -55,8 +57,7 @@ def main(overrides: list[str]) -> None:
     rows = []
     for uid in resolve_uids(root, "val_uids.txt"):
         gt = load_views(root / "target" / uid, n)                      # (N, H, W, 4) in [0, 1]
-        rgb = gt[..., :3] * gt[..., 3:] + (1.0 - gt[..., 3:])
-        x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2).float() * 2 - 1
+        x = torch.as_tensor(composite_on_white(gt)).permute(0, 3, 1, 2).float() * 2 - 1
         with torch.no_grad():
             rec = vae.decode(vae.encode(x, sample=False)).clamp(-1, 1)
         rec8 = ((rec + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()

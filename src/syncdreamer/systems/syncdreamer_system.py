@@ -88,9 +88,10 @@ def warmup_factor(step: int, warmup_steps: int, start: float, decay_steps: int |
     ``decay_steps``, then ``final``."""
     if warmup_steps > 0 and step < warmup_steps:
         return start + (1.0 - start) * step / warmup_steps
-    if decay_steps is None or decay_steps <= warmup_steps:
+    warm = max(warmup_steps, 0)
+    if decay_steps is None or decay_steps <= warm:
         return 1.0
-    frac = min(1.0, (step - max(warmup_steps, 0)) / (decay_steps - max(warmup_steps, 0)))
+    frac = min(1.0, (step - warm) / (decay_steps - warm))
     return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * frac))
 
 
