@@ -18,8 +18,23 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def golden_root() -> Path:
+    """``$SYNCDREAMER_GOLDEN_DIR``, else ``../shared/golden``; a local clone of the work tree (e.g. a fresh
+    clone in a temporary folder) looks beside the repository it was cloned from."""
     env = os.environ.get("SYNCDREAMER_GOLDEN_DIR")
-    return Path(env) if env else REPO.parent / "shared" / "golden"
+    if env:
+        return Path(env)
+    here = REPO.parent / "shared" / "golden"
+    if here.is_dir():
+        return here
+    import subprocess
+
+    origin = subprocess.run(["git", "-C", str(REPO), "config", "--get", "remote.origin.url"],
+                            capture_output=True, text=True).stdout.strip()
+    if origin and Path(origin).is_dir():
+        beside = Path(origin).resolve().parent / "shared" / "golden"
+        if beside.is_dir():
+            return beside
+    return here
 
 
 def missing_fixture(reason: str):
