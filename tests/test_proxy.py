@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from syncdreamer.metrics.benchmark import list_objects
-from syncdreamer.metrics.image import foreground_mask, mask_iou
+from syncdreamer.metrics.image import foreground_mask, foreground_psnr, mask_iou, psnr
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,6 +23,22 @@ def _views(boxes, size=16, alpha=False):
         if alpha:
             v[y0:y1, x0:x1, 3] = 1.0
     return out
+
+
+def test_foreground_psnr_scores_only_the_objects_pixels():
+    gt = _views([(0, 8, 0, 8), (0, 8, 0, 8)], alpha=True)  # red 8x8 box (64 of 256 px) on transparent
+    pred = gt[..., :3].copy()
+    pred[0, 0:8, 0:8] = (0.8, 0.1, 0.4)  # view 0: the box's blue channel off by 0.3 -> fg MSE 0.03
+    pred[1, 12:16, 12:16] = 0.0          # view 1: the box exact, a black corner in the background
+    fg = foreground_psnr(pred, gt)
+    assert fg[0] == pytest.approx(10 * np.log10(1 / 0.03))
+    assert fg[1] == np.inf  # the background does not count
+    # psnr over the whole image dilutes view 0's colour error with the 192 exact background pixels
+    assert psnr(pred, gt)[0] == pytest.approx(10 * np.log10(1 / (0.03 * 64 / 256)))
+    empty = np.zeros((1, 16, 16, 4))
+    assert np.isnan(foreground_psnr(np.ones((1, 16, 16, 3)), empty)[0])
+    with pytest.raises(ValueError, match="differ"):
+        foreground_psnr(pred[:1], gt)
 
 
 def test_mask_iou_counts_pixels_against_gt_alpha():

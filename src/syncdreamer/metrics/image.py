@@ -130,6 +130,23 @@ def foreground_mask(views, white_threshold: float = 0.1) -> np.ndarray:
     return x.min(-1) < 1.0 - white_threshold
 
 
+def foreground_psnr(pred, gt, white_threshold: float = 0.1) -> np.ndarray:
+    """Per-view PSNR (N,) in dB over the ground truth's foreground pixels only (:func:`foreground_mask`; its
+    alpha for RGBA), both composited on white: the object's colours, which the white background dominates in
+    :func:`psnr` (a model that greys every colour scores well there). ``nan`` where the GT mask is empty,
+    ``inf`` for identical foregrounds."""
+    p, g = _pair(pred, gt)
+    mask = torch.as_tensor(foreground_mask(gt, white_threshold))
+    if mask.shape != p.shape[:1] + p.shape[2:]:
+        raise ValueError(f"ground-truth mask {tuple(mask.shape)} does not match the views {tuple(p.shape)}")
+    se = ((p.double() - g.double()) ** 2).mean(1) * mask
+    count = mask.flatten(1).sum(1)
+    mse = (se.flatten(1).sum(1) / count.clamp(min=1)).numpy()
+    with np.errstate(divide="ignore"):
+        out = 10 * np.log10(1.0 / mse)
+    return np.where(count.numpy() > 0, out, np.nan).astype(np.float64)
+
+
 def mask_iou(pred, gt, white_threshold: float = 0.1) -> np.ndarray:
     """Per-view foreground-mask IoU (N,) of predicted views against ground truth (N, H, W, 3|4).
 

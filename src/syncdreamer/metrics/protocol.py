@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from syncdreamer.metrics import geometry as geo
-from syncdreamer.metrics.image import LPIPSMetric, mask_iou, psnr, ssim
+from syncdreamer.metrics.image import LPIPSMetric, foreground_psnr, mask_iou, psnr, ssim
 from syncdreamer.raycast import depth_to_points, mesh_points_from_rig
 
 __all__ = ["GSO_OBJECTS", "GSO_ROTATIONS_DEG", "GSO_PREP_MARKER", "gso_canonical_mesh", "gt_rotation_deg", "Sample", "find_samples", "evaluate_sample",
@@ -50,9 +50,9 @@ GSO_ROTATIONS_DEG = {
     "sorter": 112.5,
 }
 
-METRICS = ("psnr", "ssim", "lpips", "chamfer", "iou", "fscore", "mask_iou")
+METRICS = ("psnr", "ssim", "lpips", "chamfer", "iou", "fscore", "mask_iou", "fg_psnr")
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "chamfer": False, "iou": True, "fscore": True,
-                    "mask_iou": True}
+                    "mask_iou": True, "fg_psnr": True}
 MESH_SUFFIXES = (".ply", ".obj", ".glb", ".gltf", ".stl")
 _VIEWS = re.compile(r"^\d{3}\.png$")
 
@@ -146,7 +146,7 @@ def evaluate_sample(pred_views: np.ndarray | None, gt_views: np.ndarray, *, pred
             row["errors"].append(f"{label}: {_one_line(e)}")
 
     want = set(metrics)
-    if want & {"psnr", "ssim", "lpips", "mask_iou"}:
+    if want & {"psnr", "ssim", "lpips", "mask_iou", "fg_psnr"}:
         def img():
             if pred_views is None:
                 raise ValueError("no predicted views")
@@ -161,6 +161,8 @@ def evaluate_sample(pred_views: np.ndarray | None, gt_views: np.ndarray, *, pred
                 row["lpips"] = float(lpips_metric(pred_views, gt_views))
             if "mask_iou" in want:  # foreground of the views vs GT alpha (proxy benchmark)
                 row["mask_iou"] = float(np.mean(mask_iou(pred_views, gt_views)))
+            if "fg_psnr" in want:  # the object's colours only (inside the GT alpha)
+                row["fg_psnr"] = float(np.nanmean(foreground_psnr(pred_views, gt_views)))
         guard(img, "views")
     if want & {"chamfer", "fscore"}:
         def pts():

@@ -100,7 +100,7 @@ def write_report(state, path: Path) -> Path:
     val_grids = sorted((state.train_dir / "images" / "val").glob("*.png")) if state.train_dir else []
     turntable = next(iter(sorted(state.recon_dir.glob("*.gif")))) if state.recon_dir else None
     header, rows = read_metrics(state.eval_dir)
-    wanted = [h for h in header if h in ("object", "sample", "status", "psnr", "ssim", "mask_iou", "lpips", "chamfer", "iou",
+    wanted = [h for h in header if h in ("object", "sample", "status", "psnr", "fg_psnr", "ssim", "mask_iou", "lpips", "chamfer", "iou",
                                          "fscore", "error")] or header
     table = ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in wanted) + "</tr>"
              + "".join("<tr>" + "".join(f"<td>{_fmt(r.get(h, ''))}</td>" for h in wanted) + "</tr>" for r in rows)
