@@ -5,8 +5,9 @@
 Builds the model of the training config (seeded as ``train.py`` seeds it), fits or loads the cached VAE
 warm-up exactly as training does (``vae_warmup``), then for every object of the data set's validation list
 encodes its 16 GT target views (posterior mean), decodes them, quantises to 8 bit as a generated PNG is, and
-scores them with the proxy benchmark's metrics (PSNR / SSIM on white, mask IoU against the GT alpha). A
-generator whose numbers are far below this table is limited by the diffusion model, not by the latent space.
+scores them with the proxy benchmark's metrics (PSNR / SSIM on white, fg PSNR = PSNR inside the GT alpha,
+i.e. the object's colours, and mask IoU against the GT alpha). A generator whose numbers are far below this
+table is limited by the diffusion model, not by the latent space.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def main(overrides: list[str]) -> None:
 
     from syncdreamer.data.dataset import DataError, resolve_uids
     from syncdreamer.imaging import composite_on_white
-    from syncdreamer.metrics.image import mask_iou, psnr, ssim
+    from syncdreamer.metrics.image import foreground_psnr, mask_iou, psnr, ssim
     from syncdreamer.recon.io import load_views
     from syncdreamer.systems.vae_warmup import warmup_vae
 
@@ -37,22 +38,27 @@ def main(overrides: list[str]) -> None:
     except Exception as exc:  # Hydra's composition / override-grammar errors: one line, not a traceback
         sys.exit(f"bench_vae_ceiling: {str(exc).splitlines()[0]} (overrides are train.py's, e.g. seed=1)")
     w = cfg.get("vae_warmup")
-    if w is None or int(w.get("steps", 0)) <= 0:
+    try:
+        seed = int(cfg.get("seed") or 0)
+        settings = dict(steps=int(w.steps), lr=float(w.lr), batch_size=int(w.batch_size),
+                        kl_weight=float(w.kl_weight)) if w is not None else {"steps": 0}
+    except (ValueError, TypeError) as exc:
+        sys.exit(f"bench_vae_ceiling: seed and vae_warmup settings must be numbers ({exc})")
+    if settings["steps"] <= 0:
         sys.exit("vae_warmup.steps is 0 in this config: there is no fitted VAE to measure (use experiment=proxy)")
     root = Path(str(cfg.data.root))
     val_file = root / "val_uids.txt"
     if not val_file.is_file():
         sys.exit(f"{val_file} not found: render the data set first (python train.py {' '.join(overrides) or 'experiment=proxy'} "
                  "trainer.max_steps=1)")
-    L.seed_everything(int(cfg.get("seed") or 0))
+    L.seed_everything(seed)
     model = instantiate(cfg.model)
     try:
         uids = resolve_uids(root, "train_uids.txt")  # the VAE warm-up is keyed by the training objects
     except DataError as exc:
         sys.exit(f"bench_vae_ceiling: {exc}")
     size, n = int(cfg.model.image_size), int(cfg.model.view_num)
-    warmup_vae(model, root, uids, size, n, steps=int(w.steps), lr=float(w.lr), batch_size=int(w.batch_size),
-               kl_weight=float(w.kl_weight), seed=int(cfg.get("seed") or 0))
+    warmup_vae(model, root, uids, size, n, **settings, seed=seed)
     vae = model.first_stage_model.eval()
     rows = []
     for uid in resolve_uids(root, "val_uids.txt"):
@@ -61,13 +67,14 @@ def main(overrides: list[str]) -> None:
         with torch.no_grad():
             rec = vae.decode(vae.encode(x, sample=False)).clamp(-1, 1)
         rec8 = ((rec + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        rows.append((uid, psnr(rec8, gt).mean(), ssim(rec8, gt).mean(), mask_iou(rec8, gt).mean()))
+        rows.append((uid, psnr(rec8, gt).mean(), np.nanmean(foreground_psnr(rec8, gt)), ssim(rec8, gt).mean(),
+                     mask_iou(rec8, gt).mean()))
     print(f"VAE ceiling on {len(rows)} held-out objects of {root} ({n} views, {size} px)\n")
-    print("| object | PSNR | SSIM | mask IoU |\n|---|---|---|---|")
-    for uid, p, s, m in rows:
-        print(f"| {uid} | {p:.2f} | {s:.3f} | {m:.3f} |")
+    print("| object | PSNR | fg PSNR | SSIM | mask IoU |\n|---|---|---|---|---|")
+    for uid, p, f, s, m in rows:
+        print(f"| {uid} | {p:.2f} | {f:.2f} | {s:.3f} | {m:.3f} |")
     mean = np.array([r[1:] for r in rows]).mean(0)
-    print(f"| **mean** | **{mean[0]:.2f}** | **{mean[1]:.3f}** | **{mean[2]:.3f}** |")
+    print(f"| **mean** | **{mean[0]:.2f}** | **{mean[1]:.2f}** | **{mean[2]:.3f}** | **{mean[3]:.3f}** |")
 
 
 if __name__ == "__main__":
