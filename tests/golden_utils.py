@@ -17,13 +17,11 @@ from safetensors.torch import load_file
 REPO = Path(__file__).resolve().parents[1]
 
 
-def golden_root() -> Path:
-    """``$SYNCDREAMER_GOLDEN_DIR``, else ``../shared/golden``; a local clone of the work tree (e.g. a fresh
-    clone in a temporary folder) looks beside the repository it was cloned from."""
-    env = os.environ.get("SYNCDREAMER_GOLDEN_DIR")
-    if env:
-        return Path(env)
-    here = REPO.parent / "shared" / "golden"
+def shared_root() -> Path:
+    """The project's shared folder (golden tensors, the reference tables): ``../shared`` beside the checkout; a
+    local clone of the work tree (e.g. a fresh clone in a temporary folder) looks beside the repository it was
+    cloned from."""
+    here = REPO.parent / "shared"
     if here.is_dir():
         return here
     import subprocess
@@ -31,10 +29,21 @@ def golden_root() -> Path:
     origin = subprocess.run(["git", "-C", str(REPO), "config", "--get", "remote.origin.url"],
                             capture_output=True, text=True).stdout.strip()
     if origin and Path(origin).is_dir():
-        beside = Path(origin).resolve().parent / "shared" / "golden"
+        beside = Path(origin).resolve().parent / "shared"
         if beside.is_dir():
             return beside
     return here
+
+
+def golden_root() -> Path:
+    """``$SYNCDREAMER_GOLDEN_DIR``, else ``<shared>/golden`` (:func:`shared_root`)."""
+    env = os.environ.get("SYNCDREAMER_GOLDEN_DIR")
+    return Path(env) if env else shared_root() / "golden"
+
+
+def reference_table() -> Path:
+    """The official checkpoint's key / shape table, ``<shared>/reference/syncdreamer_state_dict_keys.tsv``."""
+    return shared_root() / "reference" / "syncdreamer_state_dict_keys.tsv"
 
 
 def missing_fixture(reason: str):

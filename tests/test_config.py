@@ -8,11 +8,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from golden_utils import REPO, denoiser_kwargs, fixtures_of_kind, golden_root, missing_fixture
+from golden_utils import REPO, denoiser_kwargs, fixtures_of_kind, golden_root, missing_fixture, reference_table
 from syncdreamer.checkpoints import build_model, official_to_model_keys
 
 CONF = REPO / "conf"
-KEYS_TSV = REPO.parent / "shared" / "reference" / "syncdreamer_state_dict_keys.tsv"
+KEYS_TSV = reference_table()
 
 
 def model_cfg(name: str) -> dict:

@@ -3,18 +3,17 @@ and the code-free reader of OpenAI's TorchScript CLIP archive."""
 import io
 import pickle
 import zipfile
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from golden_utils import missing_fixture
+from golden_utils import missing_fixture, reference_table
 from syncdreamer.models import clip as clip_mod
 from syncdreamer.models.clip import CLIPImageEmbedder, load_openai_clip_state_dict
 from syncdreamer.models.vae import KLAutoencoder, convert_official_vae_state_dict
 
-TABLE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "syncdreamer_state_dict_keys.tsv"
+TABLE = reference_table()
 
 
 def _official_table(prefix: str) -> dict[str, tuple]:
