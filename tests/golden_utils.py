@@ -6,6 +6,7 @@ is set and no fixture of a kind is found the tests fail instead of skipping.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -17,6 +18,7 @@ from safetensors.torch import load_file
 REPO = Path(__file__).resolve().parents[1]
 
 
+@functools.lru_cache(maxsize=None)
 def shared_root() -> Path:
     """The project's shared folder (golden tensors, the reference tables): ``../shared`` beside the checkout; a
     local clone of the work tree (e.g. a fresh clone in a temporary folder) looks beside the repository it was
