@@ -75,7 +75,8 @@ def test_proxy_configs_compose():
         cfg = compose("train", overrides=["experiment=proxy"])
         assert cfg.model.image_size == 64 and cfg.data.prepare.num_objects >= 200 and cfg.system.finetune_unet
         data = OmegaConf.to_container(cfg.data, resolve=False)  # paths need the Hydra runtime to resolve
-        assert data["root"].endswith("proxy_${model.image_size}px") and data["latent_cache"]
+        assert data["root"].endswith("proxy_e30_${model.image_size}px") and data["latent_cache"]
+        assert list(cfg.data.prepare.render.input_elevation) == [30.0, 30.0]  # inputs at the benchmark's elevation
         ev = compose("evaluate", overrides=["benchmark=proxy", "checkpoint=x.ckpt"])
         assert ev.generate.checkpoint == "x.ckpt" and "mask_iou" in ev.metrics and ev.objects == "val_uids.txt"
         assert compose("evaluate", overrides=["gt_dir=g"]).generate is None  # benchmark: null by default
@@ -113,7 +114,7 @@ def test_short_proxy_run_uses_its_condition_and_beats_untrained(tmp_path):
            "trainer.val_check_interval=200", "trainer.limit_val_batches=0", "system.ema.decay=null"]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=3000)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    root = tmp_path / "data" / "proxy_64px"
+    root = tmp_path / "data" / "proxy_e30_64px"
     trained, config = load_model_from_checkpoint(run / "checkpoints" / "last.ckpt")
     torch.manual_seed(0)  # the untrained model: a fresh denoiser with the run's fitted VAE (and CLIP)
     untrained = instantiate(OmegaConf.create(config["model"])).eval()
