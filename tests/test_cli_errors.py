@@ -155,3 +155,16 @@ def test_check_missing_names_nested_keys(capsys):
         check_missing(OmegaConf.create({"a": "???", "b": {"c": "???"}}), script="y.py")
     assert capsys.readouterr().err.startswith("error: missing required options a=... b.c=...")
     assert missing_message(["v"]).startswith("missing required option v=...")
+
+
+def test_train_bad_render_setting_of_a_prepared_data_set_is_one_line(tmp_path):
+    """`data=proxy` renders its data on first use: a bad `data.prepare.render` value (here an input elevation
+    range with low > high) stops before Blender with one line naming the key, not a traceback."""
+    res = run_script("train.py", ["experiment=proxy", "logger=csv", f"paths.data_dir={tmp_path / 'data'}",
+                                  f"hydra.run.dir={tmp_path / 'run'}",
+                                  "data.prepare.render.input_elevation=[50.0,10.0]"], tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr + res.stdout, res.stderr[-1500:]
+    lines = [ln for ln in res.stderr.splitlines()  # log lines ([..] Hydra's, INFO: Lightning's) left out
+             if ln.strip() and not ln.startswith(("[", "INFO:"))]
+    assert len(lines) == 1 and lines[0].startswith("error: data.prepare.render: input_elevation must be [low, high]"), \
+        res.stderr[-1500:]

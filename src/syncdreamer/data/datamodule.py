@@ -48,7 +48,7 @@ def prepare_procedural_dataset(root, num_objects: int = 8, seed: int = 0, val_ob
     from omegaconf import OmegaConf
 
     from .procedural import make_procedural_set
-    from .render_driver import run_render
+    from .render_driver import RenderError, run_render
     from .validate import ValidationConfig, validate_dataset
 
     root = Path(root)
@@ -62,7 +62,10 @@ def prepare_procedural_dataset(root, num_objects: int = 8, seed: int = 0, val_ob
     cfg.pop("hydra", None)
     cfg = OmegaConf.merge(cfg, {"input": str(meshes), "output_dir": str(root), **dict(render or {})})
     log_fn(f"preparing the procedural data set in {root} ({num_objects} objects, Blender) ...")
-    summary = run_render(OmegaConf.to_container(cfg, resolve=True), log=log_fn)
+    try:
+        summary = run_render(OmegaConf.to_container(cfg, resolve=True), log=log_fn)
+    except RenderError as exc:  # bad data.prepare.render settings or no Blender: one line, not a traceback
+        raise DataError(f"data.prepare.render: {exc}") from None
     res = int(cfg.resolution)
     focal = focal_from_lens(float(cfg.lens_mm), float(cfg.sensor_mm), res)
     vcfg = ValidationConfig(views=int(cfg.views), resolution=res, focal=focal, distance=float(cfg.distance),
