@@ -79,6 +79,9 @@ def test_proxy_configs_compose():
         assert list(cfg.data.prepare.render.input_elevation) == [30.0, 30.0]  # inputs at the benchmark's elevation
         ev = compose("evaluate", overrides=["benchmark=proxy", "checkpoint=x.ckpt"])
         assert ev.generate.checkpoint == "x.ckpt" and "mask_iou" in ev.metrics and ev.objects == "val_uids.txt"
+        # the benchmark's ground truth is data=proxy's folder at the proxy's 64 px (two configs spell the name)
+        gt_dir = OmegaConf.to_container(ev, resolve=False)["gt_dir"]
+        assert gt_dir.endswith("/data/" + data["root"].rsplit("/", 1)[1].replace("${model.image_size}", "64"))
         assert compose("evaluate", overrides=["gt_dir=g"]).generate is None  # benchmark: null by default
         assert cfg.model.prediction_type == "v" and cfg.system.target_views == 16 and cfg.vae_warmup.calibrate_scale
     demo = OmegaConf.load(REPO / "conf" / "demo.yaml")  # make demo runs a shorter cut of the same recipe
