@@ -115,6 +115,20 @@ def test_unknown_config_keys_are_errors():
         compose_cfg(["experiment=does_not_exist"])
 
 
+def test_decay_not_after_warmup_is_warned(caplog):
+    """A cosine decay that would end inside the warm-up (experiment=proxy trainer.max_steps=1: decay_steps follows
+    max_steps) is allowed for quick runs, but said: the rate then stays at 1 after the warm-up."""
+    from syncdreamer.systems import check_config
+
+    with caplog.at_level("WARNING"):
+        check_config(compose_cfg(["experiment=proxy", "trainer.max_steps=1"]))
+    assert "decay_steps=1 is not after warmup_steps=50" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        check_config(compose_cfg(["experiment=proxy"]))
+    assert "decay_steps" not in caplog.text
+
+
 # ---------------------------------------------------------------------------------------------- bad input
 def test_bad_input_fails_before_training(tmp_path, data_root):
     base = tiny_overrides(tmp_path, data_root)

@@ -77,6 +77,10 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"system.optimizer.decay_steps={decay!r} must be a positive step count or null")
     if not isinstance(final, (int, float)) or isinstance(final, bool) or not 0.0 <= final <= 1.0:
         raise ConfigError(f"system.optimizer.decay_final={final!r} must be a number in [0, 1]")
+    warm = _get(cfg, "system.optimizer.warmup_steps", 0)
+    if decay is not None and isinstance(warm, int) and decay <= warm:  # e.g. experiment=proxy trainer.max_steps=1
+        log.warning("system.optimizer.decay_steps=%d is not after warmup_steps=%d: no cosine decay in this run "
+                    "(the rate stays at 1 after the warm-up)", decay, warm)
     ckpt = OmegaConf.select(cfg, "ckpt_path")
     if ckpt and not Path(str(ckpt)).is_file():
         raise ConfigError(f"ckpt_path={ckpt} does not exist (resume from <run dir>/checkpoints/last.ckpt)")
