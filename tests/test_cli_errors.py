@@ -168,3 +168,13 @@ def test_train_bad_render_setting_of_a_prepared_data_set_is_one_line(tmp_path):
              if ln.strip() and not ln.startswith(("[", "INFO:"))]
     assert len(lines) == 1 and lines[0].startswith("error: data.prepare.render: input_elevation must be [low, high]"), \
         res.stderr[-1500:]
+
+
+def test_train_bad_data_module_value_is_one_line(tmp_path):
+    """A bad data.* value is refused by the data module while Hydra builds it: the one-line DataError, not
+    Hydra's instantiation wrapper (which used to end the run with rc 1 and a 'full_key: data' block)."""
+    res = run_script("train.py", ["experiment=smoke", f"hydra.run.dir={tmp_path / 'run'}", "data.mirror_prob=2"],
+                     tmp_path)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and not ln.startswith(("[", "INFO:"))]
+    assert res.returncode == 2 and lines == ["error: data.mirror_prob=2 must be a probability in [0, 1] "
+                                             "(0 = no mirrored items)"], res.stderr[-1500:]

@@ -110,15 +110,17 @@ def test_mid_epoch_resume_skips_exactly_the_trained_batches(smoke):
     assert [b["uid"] for b in resumed] != epochs[1]  # and the next pass is the next epoch
 
 
-def _datamodule(root, fmt):
+def _datamodule(root, fmt, mirror_prob=0.0):
     return SyncDreamerDataModule(root, train_list="train_uids.txt", val_list="val_uids.txt", image_size=SIZE,
-                                 batch_size=2, num_workers=0, pin_memory=False, format=fmt, shuffle=False)
+                                 batch_size=2, num_workers=0, pin_memory=False, format=fmt, shuffle=False,
+                                 mirror_prob=mirror_prob)
 
 
-def test_shards_give_the_same_batches_as_folders(smoke):
+@pytest.mark.parametrize("mirror_prob", [0.0, 0.5])
+def test_shards_give_the_same_batches_as_folders(smoke, mirror_prob):
     batches = {}
     for fmt in ("folders", "shards"):
-        dm = _datamodule(smoke, fmt)
+        dm = _datamodule(smoke, fmt, mirror_prob)
         dm.setup("fit")
         torch.manual_seed(0)
         batches[fmt] = [b for _, b in zip(range(3), dm.train_dataloader())]

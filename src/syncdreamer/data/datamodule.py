@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from ..cameras import focal_from_lens
 from . import layout
-from .dataset import DataError, RenderedObjectsDataset, ValidationImageFolder, resolve_uids
+from .dataset import DataError, RenderedObjectsDataset, ValidationImageFolder, check_mirror_prob, resolve_uids
 from .manifest import index_dataset, manifest_path, read_manifest, usable_uids
 from .resources import render_config_path
 
@@ -101,6 +101,9 @@ class SyncDreamerDataModule(L.LightningDataModule):
         shuffle: shuffle the training order (folders: sampler; shards: shard order + a sample buffer).
         shuffle_buffer: objects in the in-worker shuffle buffer (shards).
         seed: seed of the shard order (shards; folders use ``seed_everything``).
+        mirror_prob: probability that a training item is the object mirrored in the vertical plane through the
+            input camera (images flipped, targets in mirrored order; :func:`~.dataset.target_order`). Not official
+            (0); a latent cache then also holds the flipped views' latents (its own folder).
     """
 
     def __init__(self, root: str, train_list: str | None = None, val_list: str | None = None,
@@ -109,7 +112,7 @@ class SyncDreamerDataModule(L.LightningDataModule):
                  pin_memory: bool = True, persistent_workers: bool = False, max_val_items: int = 8,
                  latent_cache: str | None = None, build_latent_cache: bool = True,
                  prepare: dict[str, Any] | None = None, format: str = "folders", shards: str | None = None,
-                 shuffle: bool = True, shuffle_buffer: int = 256, seed: int = 0):
+                 shuffle: bool = True, shuffle_buffer: int = 256, seed: int = 0, mirror_prob: float = 0.0):
         super().__init__()
         if format not in ("folders", "shards"):
             raise DataError(f"data.format must be folders or shards, got {format!r}")
@@ -127,6 +130,7 @@ class SyncDreamerDataModule(L.LightningDataModule):
         self.latent_cache = Path(str(latent_cache)) if latent_cache else None
         self.build_latent_cache, self.prepare = build_latent_cache, dict(prepare) if prepare else None
         self.format, self.shuffle, self.shuffle_buffer, self.seed = format, bool(shuffle), int(shuffle_buffer), int(seed)
+        self.mirror_prob = check_mirror_prob(mirror_prob)
         self.shards = Path(str(shards)) if shards else self.root / "shards"
         if format == "shards" and self.persistent_workers:
             log.info("data.format=shards: persistent_workers off (every epoch re-plans the shard order)")
@@ -154,7 +158,7 @@ class SyncDreamerDataModule(L.LightningDataModule):
         from .latent_cache import cache_key
 
         self._encoder = model
-        self._cache_dir = self.latent_cache / cache_key(model, self.image_size, self.view_num)
+        self._cache_dir = self.latent_cache / cache_key(model, self.image_size, self.view_num, self.mirror_prob > 0)
 
     @property
     def cache_dir(self) -> Path | None:
@@ -222,7 +226,7 @@ class SyncDreamerDataModule(L.LightningDataModule):
             from .latent_cache import build_latent_cache
 
             stats = build_latent_cache(self._encoder, self.root, self.train_uids, self.cache_dir,
-                                       self.view_num, self.image_size)
+                                       self.view_num, self.image_size, mirror=self.mirror_prob > 0)
             log.info("latent cache %s: %s", self.cache_dir, stats)
 
     def setup(self, stage: str | None = None, rank: int | None = None, world_size: int | None = None) -> None:
@@ -238,13 +242,15 @@ class SyncDreamerDataModule(L.LightningDataModule):
 
             self.train_set = ShardStream(self.shards, self.view_num, self.image_size, self.batch_size, self.rank,
                                          self.world_size, self.num_workers, self.seed, self.shuffle,
-                                         self.shuffle_buffer)
+                                         self.shuffle_buffer, mirror_prob=self.mirror_prob)
         elif self.latent_cache is not None:
             from .latent_cache import LatentCacheDataset
 
-            self.train_set = LatentCacheDataset(self.cache_dir, self.train_uids, self.view_num)
+            self.train_set = LatentCacheDataset(self.cache_dir, self.train_uids, self.view_num,
+                                                mirror_prob=self.mirror_prob)
         else:
-            self.train_set = RenderedObjectsDataset(self.root, self.train_uids, self.view_num, self.image_size)
+            self.train_set = RenderedObjectsDataset(self.root, self.train_uids, self.view_num, self.image_size,
+                                                    mirror_prob=self.mirror_prob)
         self._setup_validation()
 
     def _setup_validation(self) -> None:

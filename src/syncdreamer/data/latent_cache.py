@@ -6,10 +6,14 @@ For each object ``<cache_dir>/<uid>.safetensors`` holds (N views, latent h = S /
   the VAE scale factor, so a posterior sample is ``mean + std * randn`` (= ``encode_first_stage``);
 * ``input_mean``, ``input_std`` (N, 4, h, w): the same for the N input views;
 * ``input_clip`` (N, 1, C): the raw CLIP embedding of every input view (CLIP is deterministic);
-* ``input_elevations`` (N,): radians, from the input rig's ``meta.pkl``.
+* ``input_elevations`` (N,): radians, from the input rig's ``meta.pkl``;
+* with ``mirror`` (``data.mirror_prob`` > 0): ``target_mean_mirror``, ``target_std_mirror``, ``input_mean_mirror``,
+  ``input_std_mirror``, ``input_clip_mirror``: the same of every view flipped left-right. The flipped images are
+  encoded, not the latents flipped: the VAE and CLIP are not flip-equivariant.
 
-``<cache_dir>/cache_meta.json`` records image size, views, scale factor and a fingerprint of the VAE and
-CLIP weights; a cache made with other weights or sizes is rejected (rebuild it, or point elsewhere).
+``<cache_dir>/cache_meta.json`` records image size, views, scale factor, ``mirror`` and a fingerprint of the VAE
+and CLIP weights; a cache made with other weights, sizes or mirror setting is rejected (rebuild it, or point
+elsewhere).
 Items of :class:`LatentCacheDataset` apply the same random input index / target rotation as the image
 dataset and carry ``target_latent_mean/std`` (N, 4, h, w), ``input_latent_mean/std`` (4, h, w),
 ``clip_embed`` (1, C) and ``input_elevation``.
@@ -28,12 +32,12 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
 from . import layout
-from .dataset import DataError, draw_input_index, target_order
+from .dataset import DataError, check_mirror_prob, draw_input_index, draw_mirror, target_order
 
 log = logging.getLogger(__name__)
 
 __all__ = ["encoder_fingerprint", "cache_key", "build_latent_cache", "check_latent_cache", "LatentCacheDataset", "CACHE_META",
-           "cached_uids"]
+           "cached_uids", "latent_item"]
 
 CACHE_META = "cache_meta.json"
 _KEYS = ("target_mean", "target_std", "input_mean", "input_std", "input_clip", "input_elevations")
@@ -52,16 +56,19 @@ def encoder_fingerprint(model) -> str:
     return h.hexdigest()
 
 
-def cache_key(model, image_size: int, view_num: int) -> str:
-    """Short key of (encoder weights, image size, views): the cache sub-folder the data module uses, so
-    caches of different weights or sizes never mix."""
-    h = hashlib.sha1(f"{encoder_fingerprint(model)}/{int(image_size)}/{int(view_num)}".encode())
+def cache_key(model, image_size: int, view_num: int, mirror: bool = False) -> str:
+    """Short key of (encoder weights, image size, views, mirrored views): the cache sub-folder the data module
+    uses, so caches of different weights, sizes or contents never mix."""
+    h = hashlib.sha1(f"{encoder_fingerprint(model)}/{int(image_size)}/{int(view_num)}{'/mirror' * bool(mirror)}".encode())
     return h.hexdigest()[:12]
 
 
-def _meta(model, image_size: int, view_num: int) -> dict:
-    return {"image_size": int(image_size), "view_num": int(view_num), "scale_factor": float(model.scale_factor),
+def _meta(model, image_size: int, view_num: int, mirror: bool = False) -> dict:
+    meta = {"image_size": int(image_size), "view_num": int(view_num), "scale_factor": float(model.scale_factor),
             "fingerprint": encoder_fingerprint(model), "format": 1}
+    if mirror:  # absent (not false) without: caches written before the key existed stay valid
+        meta["mirror"] = True
+    return meta
 
 
 def check_latent_cache(cache_dir, expected: dict) -> None:
@@ -77,30 +84,32 @@ def check_latent_cache(cache_dir, expected: dict) -> None:
 
 
 @torch.no_grad()
-def _encode_object(model, root: Path, uid: str, view_num: int, image_size: int, device) -> dict:
+def _encode_object(model, root: Path, uid: str, view_num: int, image_size: int, device, mirror: bool = False) -> dict:
     vae = model.first_stage_model
     sf = float(model.scale_factor)
     out = {}
     for rig in ("target", "input"):
         imgs = torch.stack([layout.read_view_tensor(layout.view_path(root, rig, uid, i), image_size)
                             for i in range(view_num)]).to(device)
-        mean, _, std = vae.posterior(imgs)
-        out[f"{rig}_mean"], out[f"{rig}_std"] = (mean * sf).float().cpu(), (std * sf).float().cpu()
-        if rig == "input":
-            out["input_clip"] = model.encode_clip(imgs).float().cpu()
+        for suffix, batch in (("", imgs), ("_mirror", imgs.flip(-1))) if mirror else (("", imgs),):
+            mean, _, std = vae.posterior(batch)
+            out[f"{rig}_mean{suffix}"], out[f"{rig}_std{suffix}"] = (mean * sf).float().cpu(), (std * sf).float().cpu()
+            if rig == "input":
+                out[f"input_clip{suffix}"] = model.encode_clip(batch).float().cpu()
     meta = layout.read_meta(layout.meta_path(root, "input", uid))
     out["input_elevations"] = torch.as_tensor(meta["elevations"][:view_num], dtype=torch.float32)
     return {k: v.contiguous() for k, v in out.items()}
 
 
 def build_latent_cache(model, root, uids: Sequence[str], cache_dir, view_num: int = 16, image_size: int = 256,
-                       device: str | torch.device | None = None, log_every: int = 100) -> dict:
-    """Encode every object not yet in ``cache_dir`` (resumable; files are written atomically).
+                       device: str | torch.device | None = None, log_every: int = 100, mirror: bool = False) -> dict:
+    """Encode every object not yet in ``cache_dir`` (resumable; files are written atomically); ``mirror``: also
+    every view flipped left-right (for ``data.mirror_prob``; twice the encoding time and size).
 
     Returns ``{"encoded": n, "cached": m}``. Raises :class:`DataError` if the cache belongs to other weights.
     """
     root, cache_dir = Path(root), Path(cache_dir)
-    expected = _meta(model, image_size, view_num)
+    expected = _meta(model, image_size, view_num, mirror)
     check_latent_cache(cache_dir, expected)
     cache_dir.mkdir(parents=True, exist_ok=True)
     (cache_dir / CACHE_META).write_text(json.dumps(expected, indent=1))
@@ -111,7 +120,7 @@ def build_latent_cache(model, root, uids: Sequence[str], cache_dir, view_num: in
     was_training = model.training
     model.eval()
     for k, uid in enumerate(todo):
-        tensors = _encode_object(model, root, uid, view_num, image_size, device)
+        tensors = _encode_object(model, root, uid, view_num, image_size, device, mirror)
         tmp = cache_dir / f".{uid}.safetensors.tmp"
         save_file(tensors, str(tmp))
         os.replace(tmp, cache_dir / f"{uid}.safetensors")
@@ -131,16 +140,38 @@ def cached_uids(cache_dir) -> set[str]:
         return set()
 
 
-class LatentCacheDataset(Dataset):
-    """Training items from the latent cache (random input index, rotated targets; see module docstring)."""
+def latent_item(uid: str, t: dict, s: int, view_num: int, mirror: bool = False) -> dict:
+    """One training item from an object's cached tensors ``t`` (module docstring) for input index ``s``: targets
+    in :func:`~syncdreamer.data.dataset.target_order`; ``mirror``: the mirrored object (the ``*_mirror``
+    tensors). The latent cache and latent shards both build items here."""
+    m = "_mirror" if mirror else ""
+    if mirror and "target_mean_mirror" not in t:
+        raise DataError(f"{uid}: the latent cache holds no mirrored views but data.mirror_prob > 0; rebuild it "
+                        "with data.mirror_prob set (a new cache folder), then repack any latent shards")
+    rot = target_order(s, view_num, mirror)
+    return {"target_latent_mean": t[f"target_mean{m}"][rot], "target_latent_std": t[f"target_std{m}"][rot],
+            "input_latent_mean": t[f"input_mean{m}"][s], "input_latent_std": t[f"input_std{m}"][s],
+            "clip_embed": t[f"input_clip{m}"][s], "input_elevation": t["input_elevations"][s].clone(),
+            "input_index": torch.tensor(s, dtype=torch.long), "uid": uid}
 
-    def __init__(self, cache_dir, uids: Sequence[str], view_num: int = 16, input_index: int | None = None):
+
+class LatentCacheDataset(Dataset):
+    """Training items from the latent cache (random input index, rotated targets, optionally mirrored objects
+    with probability ``mirror_prob``; see module docstring)."""
+
+    def __init__(self, cache_dir, uids: Sequence[str], view_num: int = 16, input_index: int | None = None,
+                 mirror_prob: float = 0.0):
         self.cache_dir, self.uids, self.view_num, self.input_index = Path(cache_dir), list(uids), view_num, input_index
+        self.mirror_prob = check_mirror_prob(mirror_prob)
         have = cached_uids(self.cache_dir)
         missing = [u for u in self.uids if u not in have]
         if missing:
             raise DataError(f"latent cache {cache_dir} misses {len(missing)} object(s) (e.g. {missing[:3]}); "
                             "it is built by the data module's prepare_data (data.build_latent_cache=true)")
+        meta = self.cache_dir / CACHE_META
+        if self.mirror_prob > 0 and meta.is_file() and not json.loads(meta.read_text()).get("mirror"):
+            raise DataError(f"latent cache {cache_dir} holds no mirrored views but data.mirror_prob="
+                            f"{self.mirror_prob}; build one with the data module (another folder) or set mirror_prob=0")
 
     def __len__(self) -> int:
         return len(self.uids)
@@ -148,10 +179,5 @@ class LatentCacheDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         uid = self.uids[index]
         t = load_file(str(self.cache_dir / f"{uid}.safetensors"))
-        n = self.view_num
-        s = draw_input_index(n, self.input_index)
-        rot = target_order(s, n)
-        return {"target_latent_mean": t["target_mean"][rot], "target_latent_std": t["target_std"][rot],
-                "input_latent_mean": t["input_mean"][s], "input_latent_std": t["input_std"][s],
-                "clip_embed": t["input_clip"][s], "input_elevation": t["input_elevations"][s].clone(),
-                "input_index": torch.tensor(s, dtype=torch.long), "uid": uid}
+        s = draw_input_index(self.view_num, self.input_index)
+        return latent_item(uid, t, s, self.view_num, draw_mirror(self.mirror_prob))

@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from . import layout
-from .dataset import DataError, draw_input_index, object_item, target_order
+from .dataset import DataError, check_mirror_prob, draw_input_index, draw_mirror, object_item
+from .latent_cache import latent_item
 
 log = logging.getLogger(__name__)
 
@@ -173,12 +173,14 @@ class ShardStream(IterableDataset):
         num_workers: dataloader workers per rank (0 counts as 1).
         seed, shuffle, shuffle_buffer: shard order per epoch and in-worker sample shuffling.
         input_index: fixed input view (None = random, as training).
+        mirror_prob: probability of a mirrored item (:func:`~syncdreamer.data.dataset.target_order`).
     """
 
     def __init__(self, shard_dir, view_num: int, image_size: int, batch_size: int, rank: int = 0, world_size: int = 1,
                  num_workers: int = 0, seed: int = 0, shuffle: bool = True, shuffle_buffer: int = 256,
-                 input_index: int | None = None):
+                 input_index: int | None = None, mirror_prob: float = 0.0):
         self.shard_dir, self.index = Path(shard_dir), read_shard_index(shard_dir)
+        self.mirror_prob = check_mirror_prob(mirror_prob)
         self.kind = self.index["kind"]
         if self.index["view_num"] != view_num or (self.kind == "images" and self.index["image_size"] < 1):
             raise DataError(f"{shard_dir} holds {self.index['view_num']} views per object, the run needs {view_num}")
@@ -231,15 +233,12 @@ class ShardStream(IterableDataset):
         """Tar members of one object -> a training item."""
         uid = sample["__key__"]
         s = draw_input_index(self.view_num, self.input_index)
+        mirror = draw_mirror(self.mirror_prob)
         if self.kind == "latents":
             from safetensors.torch import load as load_safetensors
 
             t = load_safetensors(sample["latents.safetensors"])
-            rot = target_order(s, self.view_num)
-            return {"target_latent_mean": t["target_mean"][rot], "target_latent_std": t["target_std"][rot],
-                    "input_latent_mean": t["input_mean"][s], "input_latent_std": t["input_std"][s],
-                    "clip_embed": t["input_clip"][s], "input_elevation": t["input_elevations"][s].clone(),
-                    "input_index": torch.tensor(s, dtype=torch.long), "uid": uid}
+            return latent_item(uid, t, s, self.view_num, mirror)
         elevations = json.loads(sample["meta.json"])["elevations"]
 
         def read_rgba(rig: str, i: int) -> np.ndarray:
@@ -248,7 +247,7 @@ class ShardStream(IterableDataset):
             with Image.open(io.BytesIO(sample[f"{rig[0]}{i:03d}.png"])) as im:
                 return np.asarray(im.convert("RGBA")).copy()
 
-        return object_item(uid, s, self.view_num, self.image_size, read_rgba, elevations)
+        return object_item(uid, s, self.view_num, self.image_size, read_rgba, elevations, mirror)
 
 
 class ShardLoader(DataLoader):
