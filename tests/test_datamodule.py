@@ -175,20 +175,39 @@ def test_validation_folder(tmp_path):
         dm.check()  # training data missing
 
 
-def test_latent_cache_roundtrip(renders, tmp_path):
-    from omegaconf import OmegaConf
+def tiny_encoder_model():
+    """The tiny SyncDreamer at 64 px (seed 0, random weights): its VAE and CLIP build latent caches in tests."""
     from hydra.utils import instantiate
+    from omegaconf import OmegaConf
 
+    conf = Path(__file__).parents[1] / "conf" / "model"
+    cfg = OmegaConf.load(conf / "syncdreamer_tiny.yaml")
+    cfg.pop("defaults")
+    cfg = OmegaConf.merge(OmegaConf.load(conf / "syncdreamer.yaml"), cfg,
+                          {"image_size": 64, "volume_resolution": 8, "frustum_depth": 8, "focal": None})
+    torch.manual_seed(0)
+    return instantiate(cfg).eval()
+
+
+def assert_latent_item_encodes(item: dict, model, images: dict) -> torch.Tensor:
+    """A latent-cache item holds the posterior means (x scale) and CLIP embedding of the image item ``images``
+    (same input index); returns the input's latent mean."""
+    with torch.no_grad():
+        mean = model.encode_first_stage(images["target_image"], sample=False)
+        inp = model.encode_first_stage(images["input_image"][None], sample=False)[0]
+        clip = model.encode_clip(images["input_image"][None])[0]
+    torch.testing.assert_close(item["target_latent_mean"], mean, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(item["input_latent_mean"], inp, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(item["clip_embed"], clip, atol=1e-5, rtol=1e-5)
+    return inp
+
+
+def test_latent_cache_roundtrip(renders, tmp_path):
     from syncdreamer.data.latent_cache import LatentCacheDataset, build_latent_cache
 
     root = tmp_path / "renders64"
     uids = make_fake_renders(root, 2, 64)
-    cfg = OmegaConf.load(Path(__file__).parents[1] / "conf" / "model" / "syncdreamer_tiny.yaml")
-    base = OmegaConf.load(Path(__file__).parents[1] / "conf" / "model" / "syncdreamer.yaml")
-    cfg.pop("defaults")
-    cfg = OmegaConf.merge(base, cfg, {"image_size": 64, "volume_resolution": 8, "frustum_depth": 8, "focal": None})
-    torch.manual_seed(0)
-    model = instantiate(cfg).eval()
+    model = tiny_encoder_model()
     stats = build_latent_cache(model, root, uids[:1], tmp_path / "cache", N, 64)
     assert stats == {"encoded": 1, "cached": 0}
     assert build_latent_cache(model, root, uids, tmp_path / "cache", N, 64) == {"encoded": 1, "cached": 1}
@@ -198,13 +217,7 @@ def test_latent_cache_roundtrip(renders, tmp_path):
     assert item["clip_embed"].shape == (1, 768)
     # slot 0 is target view 3, the input is input view 3; means equal the VAE posterior mean x scale
     imgs = RenderedObjectsDataset(root, uids, N, 64, input_index=3)[0]
-    with torch.no_grad():
-        mean = model.encode_first_stage(imgs["target_image"], sample=False)
-        inp = model.encode_first_stage(imgs["input_image"][None], sample=False)[0]
-        clip = model.encode_clip(imgs["input_image"][None])[0]
-    torch.testing.assert_close(item["target_latent_mean"], mean, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(item["input_latent_mean"], inp, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(item["clip_embed"], clip, atol=1e-5, rtol=1e-5)
+    assert_latent_item_encodes(item, model, imgs)
     meta = layout.read_meta(layout.meta_path(root, "input", uids[0]))
     assert item["input_elevation"].item() == pytest.approx(meta["elevations"][3], abs=1e-6)
     with pytest.raises(DataError, match="misses"):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from test_datamodule import N, decode_view, make_fake_renders
+from test_datamodule import N, assert_latent_item_encodes, decode_view, make_fake_renders, tiny_encoder_model
 from syncdreamer import cameras
 from syncdreamer.data import layout
 from syncdreamer.data.dataset import (DataError, RenderedObjectsDataset, check_mirror_prob, draw_mirror,
@@ -97,32 +97,17 @@ def test_mirrored_latents_encode_the_flipped_images(tmp_path):
     """The cache encodes the flipped views (the VAE is not flip-equivariant), its mirrored item equals the
     encoding of the image dataset's mirrored item, a cache without flips is refused for mirror_prob > 0, and
     the data module keeps the two caches in different folders."""
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
     from syncdreamer.data.latent_cache import LatentCacheDataset, build_latent_cache, cache_key, latent_item
 
     root = tmp_path / "renders64"
     uids = make_fake_renders(root, 1, 64)
     _mark_left_edge(root)
-    conf = Path(__file__).parents[1] / "conf" / "model"
-    cfg = OmegaConf.load(conf / "syncdreamer_tiny.yaml")
-    cfg.pop("defaults")
-    cfg = OmegaConf.merge(OmegaConf.load(conf / "syncdreamer.yaml"), cfg,
-                          {"image_size": 64, "volume_resolution": 8, "frustum_depth": 8, "focal": None})
-    torch.manual_seed(0)
-    model = instantiate(cfg).eval()
+    model = tiny_encoder_model()
     assert cache_key(model, 64, N) != cache_key(model, 64, N, mirror=True)
     build_latent_cache(model, root, uids, tmp_path / "mirror", N, 64, mirror=True)
     item = LatentCacheDataset(tmp_path / "mirror", uids, N, input_index=3, mirror_prob=1.0)[0]
     images = RenderedObjectsDataset(root, uids, N, 64, input_index=3, mirror_prob=1.0)[0]
-    with torch.no_grad():
-        mean = model.encode_first_stage(images["target_image"], sample=False)
-        inp = model.encode_first_stage(images["input_image"][None], sample=False)[0]
-        clip = model.encode_clip(images["input_image"][None])[0]
-    torch.testing.assert_close(item["target_latent_mean"], mean, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(item["input_latent_mean"], inp, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(item["clip_embed"], clip, atol=1e-5, rtol=1e-5)
+    inp = assert_latent_item_encodes(item, model, images)
     plain = LatentCacheDataset(tmp_path / "mirror", uids, N, input_index=3)[0]  # the same cache, unmirrored
     assert (plain["input_latent_mean"] - inp).abs().mean() > 0.01
     build_latent_cache(model, root, uids, tmp_path / "plain", N, 64)
