@@ -69,3 +69,18 @@ def dataclass_from(cls: type, node: Any, error: type[Exception] = ValueError, tu
         raise error(f"unknown {name} keys {sorted(unknown)}; valid keys: {sorted(annotations)}")
     values = {k: _coerce(name, k, v, annotations[k], error) for k, v in node.items()}
     return cls(**{k: tuple(v) if tuples and isinstance(v, list) else v for k, v in values.items()})
+
+
+def instantiate_reporting(spec: Any, causes: tuple[type[BaseException], ...], **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate(spec, **kwargs)``, but an error of one of the ``causes`` types raised by the
+    target's constructor comes out as itself, not wrapped in Hydra's ``InstantiationException`` (whose message
+    adds the target and ``full_key``): the entry points print such errors as one line."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(spec, **kwargs)
+    except InstantiationException as exc:
+        if isinstance(exc.__cause__, causes):
+            raise exc.__cause__ from None
+        raise

@@ -73,15 +73,9 @@ def _build_generate_fn(spec):
         return None
     if callable(spec):
         return spec
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-    try:
-        fn = instantiate(spec)
-    except InstantiationException as exc:  # a bad checkpoint path etc.: report the cause, not Hydra's wrapper
-        cause = exc.__cause__
-        if isinstance(cause, (ValueError, FileNotFoundError)):
-            raise cause from None
-        raise
+    from syncdreamer.config import instantiate_reporting
+
+    fn = instantiate_reporting(spec, (ValueError, FileNotFoundError))  # a bad checkpoint path etc.: the cause
     if not callable(fn):
         raise ValueError(f"generate config did not build a callable: {spec}")
     return fn

@@ -243,9 +243,9 @@ def _build_model(cfg: DictConfig, datamodule):
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job; returns the final callback metrics (floats) and the run's paths."""
-    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
+    from ..config import instantiate_reporting
     from ..data.dataset import DataError
     from .callbacks import ConfigInCheckpoint
 
@@ -253,12 +253,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     cfg = _with_requeue_resume(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True)
-    try:
-        datamodule = instantiate(cfg.data)
-    except InstantiationException as exc:  # a bad data.* value: the data module's own one-line DataError
-        if isinstance(exc.__cause__, (DataError, ConfigError)):
-            raise exc.__cause__ from None
-        raise
+    datamodule = instantiate_reporting(cfg.data, (DataError, ConfigError))  # a bad data.* value: one line
     if hasattr(datamodule, "check"):
         datamodule.check()
     model = _build_model(cfg, datamodule)
