@@ -29,6 +29,7 @@ def main(overrides: list[str]) -> None:
     from syncdreamer.imaging import composite_on_white
     from syncdreamer.metrics.image import foreground_psnr, mask_iou, psnr, ssim
     from syncdreamer.recon.io import load_views
+    from syncdreamer.systems.runner import vae_seed
     from syncdreamer.systems.vae_warmup import warmup_vae
 
     default = [] if any(o.startswith("experiment=") for o in overrides) else ["experiment=proxy"]
@@ -39,11 +40,11 @@ def main(overrides: list[str]) -> None:
         sys.exit(f"bench_vae_ceiling: {str(exc).splitlines()[0]} (overrides are train.py's, e.g. seed=1)")
     w = cfg.get("vae_warmup")
     try:
-        seed = int(cfg.get("seed") or 0)
+        seed, vseed = int(cfg.get("seed") or 0), vae_seed(cfg)
         settings = dict(steps=int(w.steps), lr=float(w.lr), batch_size=int(w.batch_size),
                         kl_weight=float(w.kl_weight)) if w is not None else {"steps": 0}
     except (ValueError, TypeError) as exc:
-        sys.exit(f"bench_vae_ceiling: seed and vae_warmup settings must be numbers ({exc})")
+        sys.exit(f"bench_vae_ceiling: seed and vae_warmup settings must be numbers ({str(exc).splitlines()[0]})")
     if settings["steps"] <= 0:
         sys.exit("vae_warmup.steps is 0 in this config: there is no fitted VAE to measure (use experiment=proxy)")
     root = Path(str(cfg.data.root))
@@ -58,7 +59,7 @@ def main(overrides: list[str]) -> None:
     except DataError as exc:
         sys.exit(f"bench_vae_ceiling: {exc}")
     size, n = int(cfg.model.image_size), int(cfg.model.view_num)
-    warmup_vae(model, root, uids, size, n, **settings, seed=seed)
+    warmup_vae(model, root, uids, size, n, **settings, **vseed)
     vae = model.first_stage_model.eval()
     rows = []
     for uid in resolve_uids(root, "val_uids.txt"):

@@ -60,6 +60,56 @@ def test_vae_warmup_fits_and_caches(tmp_path):
     assert all(p.requires_grad for p in vae.parameters())  # flags restored
 
 
+def test_vae_seed_gives_one_fitted_vae_whatever_the_run(tmp_path):
+    """vae_warmup.seed: the VAE's initial weights and fit come from that seed alone, so runs built under different
+    seeds (or with other layers drawn first) share one fitted, cached VAE; without it each run fits its own."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from syncdreamer.data import layout
+    from syncdreamer.models.vae import KLAutoencoder
+    from syncdreamer.systems.runner import vae_seed
+    from syncdreamer.systems.vae_warmup import reinitialize, warmup_vae
+
+    def build(seed, extra_draws=0):
+        torch.manual_seed(seed)
+        torch.randn(extra_draws)  # layers built before the VAE
+        return KLAutoencoder(ch=8, ch_mult=(1, 2), num_res_blocks=1, norm_num_groups=4)
+
+    a, b = build(0), build(1, extra_draws=7)
+    with torch.no_grad():
+        for p in b.parameters():
+            p.fill_(float("nan"))  # every parameter must be redrawn
+    state = torch.random.get_rng_state()
+    reinitialize(a, 3)
+    reinitialize(b, 3)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the run's random stream is untouched
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k
+    reinitialize(b, 4)
+    assert not all(torch.equal(va, vb) for va, vb in zip(a.state_dict().values(), b.state_dict().values()))
+
+    rng = np.random.default_rng(0)
+    for uid in ("u0", "u1"):
+        for i in range(2):
+            path = layout.view_path(tmp_path, "target", uid, i)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (16, 16, 4), dtype=np.uint8)).save(path)
+    fit = dict(steps=2, lr=1e-3, batch_size=2, cache_dir=tmp_path / "cache")
+    runs = {}
+    for run_seed, extra in ((0, 0), (1, 7), (2, 3)):
+        cfg = OmegaConf.create({"seed": run_seed, "vae_warmup": {"seed": 5 if run_seed < 2 else None}})
+        model = SimpleNamespace(first_stage_model=build(run_seed, extra))
+        runs[run_seed] = (warmup_vae(model, tmp_path, ["u0", "u1"], 16, 2, **fit, **vae_seed(cfg)), model)
+    assert vae_seed(OmegaConf.create({"seed": 2, "vae_warmup": {"seed": None}})) == {"seed": 2}
+    assert runs[0][0] == runs[1][0] != runs[2][0]  # one cache file for vae_warmup.seed=5, another for the own-seed run
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2
+    for (k, va), vb in zip(runs[0][1].first_stage_model.state_dict().items(),
+                           runs[1][1].first_stage_model.state_dict().values()):
+        assert torch.equal(va, vb), k
+
+
 def test_slurm_templates_are_valid_bash():
     for script in sorted((REPO / "slurm").glob("*.sbatch")):
         subprocess.run(["bash", "-n", str(script)], check=True)

@@ -154,6 +154,9 @@ def test_bad_input_fails_before_training(tmp_path, data_root):
         train(compose_cfg(base + ["system.optimizer.decay_steps=soon"]))
     with pytest.raises(ConfigError, match="decay_final=2"):
         train(compose_cfg(base + ["system.optimizer.decay_steps=10", "system.optimizer.decay_final=2"]))
+    for bad in ("-1", "zero", "1.5"):
+        with pytest.raises(ConfigError, match=f"vae_warmup.seed={bad!r}|vae_warmup.seed={bad}"):
+            train(compose_cfg(base + [f"vae_warmup.seed={bad}"]))
     with pytest.raises(DataError, match="does not exist"):
         train(compose_cfg(base + [f"data.root={tmp_path}/no_data"]))
     empty = tmp_path / "empty"

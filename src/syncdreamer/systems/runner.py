@@ -81,6 +81,7 @@ def check_config(cfg: DictConfig) -> None:
     if decay is not None and isinstance(warm, int) and decay <= warm:  # e.g. experiment=proxy trainer.max_steps=1
         log.warning("system.optimizer.decay_steps=%d is not after warmup_steps=%d: no cosine decay in this run "
                     "(the rate stays at 1 after the warm-up)", decay, warm)
+    vae_seed(cfg)
     ckpt = OmegaConf.select(cfg, "ckpt_path")
     if ckpt and not Path(str(ckpt)).is_file():
         raise ConfigError(f"ckpt_path={ckpt} does not exist (resume from <run dir>/checkpoints/last.ckpt)")
@@ -203,6 +204,15 @@ def _with_requeue_resume(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
+def vae_seed(cfg: DictConfig) -> dict[str, Any]:
+    """``warmup_vae``'s seed arguments: ``vae_warmup.seed`` (the VAE's own initial weights and fit, the same for
+    every run on the data) when set, else the run's ``seed`` and the weights the model was built with."""
+    own = OmegaConf.select(cfg, "vae_warmup.seed")
+    if own is not None and (not isinstance(own, int) or isinstance(own, bool) or own < 0):
+        raise ConfigError(f"vae_warmup.seed={own!r} must be a non-negative integer, or null to follow the run's seed")
+    return {"seed": int(own), "own_init": True} if own is not None else {"seed": int(cfg.get("seed") or 0)}
+
+
 def _build_model(cfg: DictConfig, datamodule):
     """The model with its starting weights: ``init_from`` / the VAE warm-up for a new run; for a resumed run the
     checkpoint's weights (so that a latent cache is keyed and built with the trained VAE, as before)."""
@@ -228,7 +238,7 @@ def _build_model(cfg: DictConfig, datamodule):
         uids = datamodule.prepare_renders()
         warmup_vae(model, datamodule.root, uids, int(cfg.model.image_size), int(cfg.model.view_num),
                    steps=int(warm.steps), lr=float(warm.lr), batch_size=int(warm.batch_size),
-                   kl_weight=float(warm.kl_weight), seed=int(cfg.get("seed") or 0))
+                   kl_weight=float(warm.kl_weight), **vae_seed(cfg))
         if warm.get("calibrate_scale", False):
             from .vae_warmup import latent_scale
 

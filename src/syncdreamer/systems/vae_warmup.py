@@ -70,15 +70,33 @@ def fit_autoencoder(vae, images: torch.Tensor, steps: int, lr: float = 1e-3, bat
     return losses
 
 
+def reinitialize(module: torch.nn.Module, seed: int) -> None:
+    """Draw fresh default initial weights for every layer of ``module`` from ``seed`` alone (the global random
+    state is left as it was), so that they depend neither on the run's seed nor on what was built before."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for m in module.modules():
+            if m is not module and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+
+
 def warmup_vae(model, root, uids: list[str], image_size: int, view_num: int, steps: int, lr: float = 1e-3,
-               batch_size: int = 16, kl_weight: float = 1e-6, seed: int = 0, cache_dir=None) -> Path | None:
+               batch_size: int = 16, kl_weight: float = 1e-6, seed: int = 0, cache_dir=None,
+               own_init: bool = False) -> Path | None:
     """Fit ``model.first_stage_model`` on the renders of ``uids`` (or load the cached result); returns the
-    cache file. The cache key covers the VAE's initial weights, the data and every setting."""
+    cache file. The cache key covers the VAE's initial weights, the data and every setting.
+
+    ``own_init``: first re-draw the VAE's initial weights from ``seed`` (:func:`reinitialize`), so that every run
+    with the same ``seed`` and data gets the same fitted VAE whatever its own seed and model (``vae_warmup.seed``);
+    otherwise the VAE keeps the weights the model was built with (they follow the run's seed and every layer
+    drawn before it)."""
     from safetensors.torch import load_file, save_file
 
     vae = getattr(model, "first_stage_model", None)
     if vae is None or steps <= 0:
         return None
+    if own_init:
+        reinitialize(vae, seed)
     root = Path(root)
     h = hashlib.sha256(json.dumps(dict(uids=sorted(uids), size=image_size, steps=steps, lr=lr, bs=batch_size,
                                        kl=kl_weight, seed=seed)).encode())
