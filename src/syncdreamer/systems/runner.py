@@ -205,8 +205,9 @@ def _with_requeue_resume(cfg: DictConfig) -> DictConfig:
 
 
 def vae_seed(cfg: DictConfig) -> dict[str, Any]:
-    """``warmup_vae``'s seed arguments: ``vae_warmup.seed`` (the VAE's own initial weights and fit, the same for
-    every run on the data) when set, else the run's ``seed`` and the weights the model was built with."""
+    """``warmup_vae``'s seed arguments: ``vae_warmup.seed`` (the VAE's own initial weights and fit, shared by every
+    run with that value on the same data) when set, else the run's ``seed`` and the weights the model was built
+    with. Raises :class:`ConfigError` for a value that is not a non-negative integer (also via check_config)."""
     own = OmegaConf.select(cfg, "vae_warmup.seed")
     if own is not None and (not isinstance(own, int) or isinstance(own, bool) or own < 0):
         raise ConfigError(f"vae_warmup.seed={own!r} must be a non-negative integer, or null to follow the run's seed")
