@@ -29,7 +29,7 @@ def main(overrides: list[str]) -> None:
     from syncdreamer.imaging import composite_on_white
     from syncdreamer.metrics.image import foreground_psnr, mask_iou, psnr, ssim
     from syncdreamer.recon.io import load_views
-    from syncdreamer.systems.runner import vae_seed
+    from syncdreamer.systems.runner import ConfigError, vae_warmup_args
     from syncdreamer.systems.vae_warmup import warmup_vae
 
     default = [] if any(o.startswith("experiment=") for o in overrides) else ["experiment=proxy"]
@@ -38,13 +38,12 @@ def main(overrides: list[str]) -> None:
             cfg = compose("train", overrides=default + [f"paths.root_dir={REPO}"] + overrides)
     except Exception as exc:  # Hydra's composition / override-grammar errors: one line, not a traceback
         sys.exit(f"bench_vae_ceiling: {str(exc).splitlines()[0]} (overrides are train.py's, e.g. seed=1)")
-    w = cfg.get("vae_warmup")
     try:
-        seed, vseed = int(cfg.get("seed") or 0), vae_seed(cfg)
-        settings = dict(steps=int(w.steps), lr=float(w.lr), batch_size=int(w.batch_size),
-                        kl_weight=float(w.kl_weight)) if w is not None else {"steps": 0}
+        seed, settings = int(cfg.get("seed") or 0), vae_warmup_args(cfg)
+    except ConfigError as exc:
+        sys.exit(f"bench_vae_ceiling: {exc}")
     except (ValueError, TypeError) as exc:
-        sys.exit(f"bench_vae_ceiling: seed and vae_warmup settings must be numbers ({str(exc).splitlines()[0]})")
+        sys.exit(f"bench_vae_ceiling: seed must be an integer ({str(exc).splitlines()[0]})")
     if settings["steps"] <= 0:
         sys.exit("vae_warmup.steps is 0 in this config: there is no fitted VAE to measure (use experiment=proxy)")
     root = Path(str(cfg.data.root))
@@ -59,7 +58,7 @@ def main(overrides: list[str]) -> None:
     except DataError as exc:
         sys.exit(f"bench_vae_ceiling: {exc}")
     size, n = int(cfg.model.image_size), int(cfg.model.view_num)
-    warmup_vae(model, root, uids, size, n, **settings, **vseed)
+    warmup_vae(model, root, uids, size, n, **settings)
     vae = model.first_stage_model.eval()
     rows = []
     for uid in resolve_uids(root, "val_uids.txt"):

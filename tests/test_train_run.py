@@ -157,6 +157,9 @@ def test_bad_input_fails_before_training(tmp_path, data_root):
     for bad in ("-1", "zero", "1.5"):
         with pytest.raises(ConfigError, match=f"vae_warmup.seed={bad!r}|vae_warmup.seed={bad}"):
             train(compose_cfg(base + [f"vae_warmup.seed={bad}"]))
+    for key, bad in (("equivariance", "-1.0"), ("equivariance", "much"), ("steps", "1.5"), ("batch_size", "true")):
+        with pytest.raises(ConfigError, match=rf"vae_warmup.{key}=\S+ must be a non-negative"):
+            train(compose_cfg(base + [f"vae_warmup.{key}={bad}"]))
     with pytest.raises(DataError, match="does not exist"):
         train(compose_cfg(base + [f"data.root={tmp_path}/no_data"]))
     empty = tmp_path / "empty"

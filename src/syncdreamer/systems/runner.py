@@ -81,7 +81,7 @@ def check_config(cfg: DictConfig) -> None:
     if decay is not None and isinstance(warm, int) and decay <= warm:  # e.g. experiment=proxy trainer.max_steps=1
         log.warning("system.optimizer.decay_steps=%d is not after warmup_steps=%d: no cosine decay in this run "
                     "(the rate stays at 1 after the warm-up)", decay, warm)
-    vae_seed(cfg)
+    vae_warmup_args(cfg)
     ckpt = OmegaConf.select(cfg, "ckpt_path")
     if ckpt and not Path(str(ckpt)).is_file():
         raise ConfigError(f"ckpt_path={ckpt} does not exist (resume from <run dir>/checkpoints/last.ckpt)")
@@ -204,14 +204,27 @@ def _with_requeue_resume(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def vae_seed(cfg: DictConfig) -> dict[str, Any]:
-    """``warmup_vae``'s seed arguments: ``vae_warmup.seed`` (the VAE's own initial weights and fit, shared by every
-    run with that value on the same data) when set, else the run's ``seed`` and the weights the model was built
-    with. Raises :class:`ConfigError` for a value that is not a non-negative integer (also via check_config)."""
-    own = OmegaConf.select(cfg, "vae_warmup.seed")
+def vae_warmup_args(cfg: DictConfig) -> dict[str, Any]:
+    """``warmup_vae``'s keyword arguments from ``vae_warmup`` (steps 0 when the group is absent): the fit's settings,
+    and its seed, ``vae_warmup.seed`` (the VAE's own initial weights and fit, shared by every run with that value on
+    the same data) when set, else the run's ``seed`` and the weights the model was built with. Raises
+    :class:`ConfigError` (one line; also via check_config) for a value of the wrong kind."""
+    warm = OmegaConf.select(cfg, "vae_warmup")
+    if warm is None:
+        return {"steps": 0}
+    own = warm.get("seed")
     if own is not None and (not isinstance(own, int) or isinstance(own, bool) or own < 0):
         raise ConfigError(f"vae_warmup.seed={own!r} must be a non-negative integer, or null to follow the run's seed")
-    return {"seed": int(own), "own_init": True} if own is not None else {"seed": int(cfg.get("seed") or 0)}
+    args: dict[str, Any] = {}
+    for key, kind, default in (("steps", int, 0), ("lr", float, 1e-3), ("batch_size", int, 16),
+                               ("kl_weight", float, 1e-6), ("equivariance", float, 0.0)):
+        value = warm.get(key, default)
+        wrong = isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
+        if wrong or (kind is int and int(value) != value):
+            raise ConfigError(f"vae_warmup.{key}={value!r} must be a non-negative {'integer' if kind is int else 'number'}")
+        args[key] = kind(value)
+    args.update({"seed": int(own), "own_init": True} if own is not None else {"seed": int(cfg.get("seed") or 0)})
+    return args
 
 
 def _build_model(cfg: DictConfig, datamodule):
@@ -230,16 +243,14 @@ def _build_model(cfg: DictConfig, datamodule):
         return model
     if OmegaConf.select(cfg, "init_from.path"):
         initialize_weights(model, cfg.init_from)
-    warm = OmegaConf.select(cfg, "vae_warmup")
-    if OmegaConf.select(cfg, "init_from.path") and warm is not None and int(warm.get("steps", 0)) > 0:
+    warm, args = OmegaConf.select(cfg, "vae_warmup"), vae_warmup_args(cfg)
+    if OmegaConf.select(cfg, "init_from.path") and args["steps"] > 0:
         log.info("vae_warmup skipped: the VAE comes from init_from.path")
-    elif warm is not None and int(warm.get("steps", 0)) > 0:
+    elif args["steps"] > 0:
         from .vae_warmup import warmup_vae
 
         uids = datamodule.prepare_renders()
-        warmup_vae(model, datamodule.root, uids, int(cfg.model.image_size), int(cfg.model.view_num),
-                   steps=int(warm.steps), lr=float(warm.lr), batch_size=int(warm.batch_size),
-                   kl_weight=float(warm.kl_weight), **vae_seed(cfg))
+        warmup_vae(model, datamodule.root, uids, int(cfg.model.image_size), int(cfg.model.view_num), **args)
         if warm.get("calibrate_scale", False):
             from .vae_warmup import latent_scale
 

@@ -36,10 +36,15 @@ def _views(root: Path, uids: list[str], image_size: int, view_num: int) -> torch
 
 
 def fit_autoencoder(vae, images: torch.Tensor, steps: int, lr: float = 1e-3, batch_size: int = 16,
-                    kl_weight: float = 1e-6, seed: int = 0, log_every: int = 50) -> list[float]:
+                    kl_weight: float = 1e-6, seed: int = 0, log_every: int = 50,
+                    equivariance: float = 0.0) -> list[float]:
     """Train ``vae`` (:class:`~syncdreamer.models.vae.KLAutoencoder`) to reconstruct ``images`` (M, 3, H, W).
 
-    Loss = mean |decode(z) - x| + kl_weight * KL(q(z|x) || N(0, I)), z a posterior sample. Returns the losses.
+    Loss = mean |decode(z) - x| + kl_weight * KL(q(z|x) || N(0, I)), z a posterior sample, plus, when
+    ``equivariance`` > 0, that weight times mean |decode(pool(z)) - pool(x)| with ``pool`` a 2x2 average pool: the
+    scale-equivariance regulariser of Skorokhodov et al. 2025 (*Improving the diffusability of autoencoders*), which
+    makes the latent behave like a small image (less high-frequency content the diffusion model must learn).
+    Returns the losses.
     """
     gen = torch.Generator().manual_seed(seed)
     was_training = vae.training
@@ -58,6 +63,9 @@ def fit_autoencoder(vae, images: torch.Tensor, steps: int, lr: float = 1e-3, bat
         recon = vae.vae.decode(z).sample
         kl = 0.5 * (mean.pow(2) + std.pow(2) - 1.0 - logvar).mean()
         loss = (recon - x).abs().mean() + kl_weight * kl
+        if equivariance > 0:
+            small = vae.vae.decode(torch.nn.functional.avg_pool2d(z, 2)).sample
+            loss = loss + equivariance * (small - torch.nn.functional.avg_pool2d(x, 2)).abs().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -82,7 +90,7 @@ def reinitialize(module: torch.nn.Module, seed: int) -> None:
 
 def warmup_vae(model, root, uids: list[str], image_size: int, view_num: int, steps: int, lr: float = 1e-3,
                batch_size: int = 16, kl_weight: float = 1e-6, seed: int = 0, cache_dir=None,
-               own_init: bool = False) -> Path | None:
+               own_init: bool = False, equivariance: float = 0.0) -> Path | None:
     """Fit ``model.first_stage_model`` on the renders of ``uids`` (or load the cached result); returns the
     cache file. The cache key covers the VAE's initial weights, the data and every setting.
 
@@ -99,7 +107,8 @@ def warmup_vae(model, root, uids: list[str], image_size: int, view_num: int, ste
         reinitialize(vae, seed)
     root = Path(root)
     h = hashlib.sha256(json.dumps(dict(uids=sorted(uids), size=image_size, steps=steps, lr=lr, bs=batch_size,
-                                       kl=kl_weight, seed=seed)).encode())
+                                       kl=kl_weight, seed=seed, **({"eq": equivariance} if equivariance else {}))
+                                  ).encode())
     for k, v in sorted(vae.state_dict().items()):
         h.update(k.encode())
         h.update(v.detach().float().cpu().numpy().tobytes()[:4096])
@@ -110,7 +119,7 @@ def warmup_vae(model, root, uids: list[str], image_size: int, view_num: int, ste
         return cache
     images = _views(root, uids, image_size, view_num)
     log.info("vae warm-up: fitting the autoencoder on %d views for %d steps ...", len(images), steps)
-    losses = fit_autoencoder(vae, images, steps, lr, batch_size, kl_weight, seed)
+    losses = fit_autoencoder(vae, images, steps, lr, batch_size, kl_weight, seed, equivariance=equivariance)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp")
     save_file({k: v.detach().contiguous() for k, v in vae.state_dict().items()}, str(tmp))
