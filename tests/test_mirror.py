@@ -117,3 +117,13 @@ def test_mirrored_latents_encode_the_flipped_images(tmp_path):
 
     with pytest.raises(DataError, match="holds no mirrored views"):  # e.g. latent shards packed from such a cache
         latent_item(uids[0], load_file(str(tmp_path / "plain" / f"{uids[0]}.safetensors")), 0, N, mirror=True)
+    from syncdreamer.data.shards import ShardStream, pack_shards
+
+    for cache in ("plain", "mirror"):  # latent shards say which cache they came from: refused before training
+        pack_shards(root, uids, tmp_path / f"shards_{cache}", N, 64, 1, kind="latents", cache_dir=tmp_path / cache,
+                    progress=False)
+    with pytest.raises(DataError, match="without mirrored views but data.mirror_prob=0.5"):
+        ShardStream(tmp_path / "shards_plain", N, 64, batch_size=1, mirror_prob=0.5)
+    ShardStream(tmp_path / "shards_plain", N, 64, batch_size=1)
+    stream = ShardStream(tmp_path / "shards_mirror", N, 64, batch_size=1, input_index=3, mirror_prob=1.0)
+    assert torch.equal(next(iter(stream))["input_latent_mean"], item["input_latent_mean"])

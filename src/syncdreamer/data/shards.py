@@ -8,7 +8,7 @@ Each tar member group is one object (key = uid), either
 * ``latents``: ``latents.safetensors`` (the latent cache file of :mod:`syncdreamer.data.latent_cache`).
 
 ``shards.json``: ``{"kind", "split", "view_num", "image_size", "objects_per_shard", "shards": [{"name",
-"count", "first_uid"}]}``; it is a pure function of the manifest and the settings, so every packing task of a
+"count", "first_uid"}]}``, and for ``latents`` ``"mirror"`` (the cache held the flipped views: ``data.mirror_prob``); it is a pure function of the manifest and the settings, so every packing task of a
 SLURM array writes the same one. The split's uids (manifest order) are cut into ``ceil(n / k)`` consecutive
 shards of (almost) equal size; a task packs the shards ``task, task + num_tasks, ...`` that do not exist yet (atomic
 rename), so an interrupted array resumes where it stopped.
@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from . import layout
 from .dataset import DataError, check_mirror_prob, draw_input_index, draw_mirror, object_item
-from .latent_cache import latent_item
+from .latent_cache import CACHE_META, latent_item
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +75,14 @@ def object_sample(root, uid: str, view_num: int, kind: str = "images", cache_dir
     return sample
 
 
-def write_shard_index(out_dir, chunks, kind, split, view_num, image_size, objects_per_shard) -> dict:
+def write_shard_index(out_dir, chunks, kind, split, view_num, image_size, objects_per_shard,
+                      mirror: bool = False) -> dict:
     """Write ``shards.json`` atomically (identical content from every task) and return it."""
     index = {"kind": kind, "split": split, "view_num": int(view_num), "image_size": int(image_size),
              "objects_per_shard": int(objects_per_shard),
              "shards": [{"name": shard_name(split, j), "count": len(c), "first_uid": c[0]} for j, c in enumerate(chunks)]}
+    if kind == "latents":
+        index["mirror"] = bool(mirror)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / f".{SHARD_INDEX}.{os.getpid()}.tmp"
@@ -116,7 +119,11 @@ def pack_shards(root, uids: Sequence[str], out_dir, view_num: int, image_size: i
     chunks = plan_shards(list(uids), int(objects_per_shard))
     if not chunks:
         raise DataError(f"no object of split {split!r} to pack")
-    write_shard_index(out_dir, chunks, kind, split, view_num, image_size, objects_per_shard)
+    mirror = False
+    if kind == "latents":
+        meta = Path(cache_dir) / CACHE_META
+        mirror = meta.is_file() and bool(json.loads(meta.read_text()).get("mirror"))
+    write_shard_index(out_dir, chunks, kind, split, view_num, image_size, objects_per_shard, mirror)
     mine = list(range(task, len(chunks), num_tasks))
     todo = [j for j in mine if not (Path(out_dir) / shard_name(split, j)).is_file()]
     objects = 0
@@ -184,6 +191,9 @@ class ShardStream(IterableDataset):
         self.kind = self.index["kind"]
         if self.index["view_num"] != view_num or (self.kind == "images" and self.index["image_size"] < 1):
             raise DataError(f"{shard_dir} holds {self.index['view_num']} views per object, the run needs {view_num}")
+        if self.kind == "latents" and self.mirror_prob > 0 and not self.index.get("mirror"):
+            raise DataError(f"{shard_dir} was packed from a latent cache without mirrored views but data.mirror_prob="
+                            f"{self.mirror_prob}: set data.mirror_prob=0, or repack from a cache built with it")
         self.view_num, self.image_size, self.batch_size = int(view_num), int(image_size), int(batch_size)
         self.rank, self.world_size, self.num_workers = int(rank), int(world_size), max(1, int(num_workers))
         self.seed, self.shuffle, self.shuffle_buffer, self.input_index = int(seed), shuffle, int(shuffle_buffer), input_index
