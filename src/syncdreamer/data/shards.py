@@ -8,7 +8,8 @@ Each tar member group is one object (key = uid), either
 * ``latents``: ``latents.safetensors`` (the latent cache file of :mod:`syncdreamer.data.latent_cache`).
 
 ``shards.json``: ``{"kind", "split", "view_num", "image_size", "objects_per_shard", "shards": [{"name",
-"count", "first_uid"}]}``, and for ``latents`` ``"mirror"`` (the cache held the flipped views: ``data.mirror_prob``); it is a pure function of the manifest and the settings, so every packing task of a
+"count", "first_uid"}]}``, for ``latents`` also ``"mirror"`` (the cache held the flipped views that
+``data.mirror_prob`` > 0 needs); it is a pure function of the manifest and the settings, so every packing task of a
 SLURM array writes the same one. The split's uids (manifest order) are cut into ``ceil(n / k)`` consecutive
 shards of (almost) equal size; a task packs the shards ``task, task + num_tasks, ...`` that do not exist yet (atomic
 rename), so an interrupted array resumes where it stopped.

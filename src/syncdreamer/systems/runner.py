@@ -221,7 +221,8 @@ def vae_warmup_args(cfg: DictConfig) -> dict[str, Any]:
         value = warm.get(key, default)
         wrong = isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
         if wrong or (kind is int and int(value) != value):
-            raise ConfigError(f"vae_warmup.{key}={value!r} must be a non-negative {'integer' if kind is int else 'number'}")
+            what = "integer" if kind is int else "number"
+            raise ConfigError(f"vae_warmup.{key}={value!r} must be a non-negative {what}")
         args[key] = kind(value)
     args.update({"seed": int(own), "own_init": True} if own is not None else {"seed": int(cfg.get("seed") or 0)})
     return args
