@@ -37,7 +37,7 @@ from .dataset import DataError, check_mirror_prob, draw_input_index, draw_mirror
 log = logging.getLogger(__name__)
 
 __all__ = ["encoder_fingerprint", "cache_key", "build_latent_cache", "check_latent_cache", "LatentCacheDataset", "CACHE_META",
-           "cached_uids", "latent_item"]
+           "cached_uids", "cached_mirror", "latent_item"]
 
 CACHE_META = "cache_meta.json"
 _KEYS = ("target_mean", "target_std", "input_mean", "input_std", "input_clip", "input_elevations")
@@ -130,6 +130,12 @@ def build_latent_cache(model, root, uids: Sequence[str], cache_dir, view_num: in
     return {"encoded": len(todo), "cached": len(uids) - len(todo)}
 
 
+def cached_mirror(cache_dir) -> bool | None:
+    """Whether the cache at ``cache_dir`` holds the mirrored views (its ``cache_meta.json``); None without a meta."""
+    meta = Path(cache_dir) / CACHE_META
+    return bool(json.loads(meta.read_text()).get("mirror")) if meta.is_file() else None
+
+
 def cached_uids(cache_dir) -> set[str]:
     """Uids with a finished cache file, from one directory listing (no per-object stat)."""
     try:
@@ -168,8 +174,7 @@ class LatentCacheDataset(Dataset):
         if missing:
             raise DataError(f"latent cache {cache_dir} misses {len(missing)} object(s) (e.g. {missing[:3]}); "
                             "it is built by the data module's prepare_data (data.build_latent_cache=true)")
-        meta = self.cache_dir / CACHE_META
-        if self.mirror_prob > 0 and meta.is_file() and not json.loads(meta.read_text()).get("mirror"):
+        if self.mirror_prob > 0 and cached_mirror(self.cache_dir) is False:
             raise DataError(f"latent cache {cache_dir} holds no mirrored views but data.mirror_prob="
                             f"{self.mirror_prob}; build one with the data module (another folder) or set mirror_prob=0")
 

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from . import layout
 from .dataset import DataError, check_mirror_prob, draw_input_index, draw_mirror, object_item
-from .latent_cache import CACHE_META, latent_item
+from .latent_cache import cached_mirror, latent_item
 
 log = logging.getLogger(__name__)
 
@@ -120,10 +120,7 @@ def pack_shards(root, uids: Sequence[str], out_dir, view_num: int, image_size: i
     chunks = plan_shards(list(uids), int(objects_per_shard))
     if not chunks:
         raise DataError(f"no object of split {split!r} to pack")
-    mirror = False
-    if kind == "latents":
-        meta = Path(cache_dir) / CACHE_META
-        mirror = meta.is_file() and bool(json.loads(meta.read_text()).get("mirror"))
+    mirror = kind == "latents" and bool(cached_mirror(cache_dir))
     write_shard_index(out_dir, chunks, kind, split, view_num, image_size, objects_per_shard, mirror)
     mine = list(range(task, len(chunks), num_tasks))
     todo = [j for j in mine if not (Path(out_dir) / shard_name(split, j)).is_file()]
