@@ -127,3 +127,17 @@ def test_mirrored_latents_encode_the_flipped_images(tmp_path):
     ShardStream(tmp_path / "shards_plain", N, 64, batch_size=1)
     stream = ShardStream(tmp_path / "shards_mirror", N, 64, batch_size=1, input_index=3, mirror_prob=1.0)
     assert torch.equal(next(iter(stream))["input_latent_mean"], item["input_latent_mean"])
+    from syncdreamer.data.datamodule import SyncDreamerDataModule
+
+    def module(mirror_prob):  # training from the plain pack, with a latent cache configured
+        return SyncDreamerDataModule(root, image_size=64, batch_size=1, num_workers=0, format="shards",
+                                     shards=str(tmp_path / "shards_plain"), latent_cache=str(tmp_path / "unused"),
+                                     mirror_prob=mirror_prob)
+
+    with pytest.raises(DataError, match="without mirrored views but data.mirror_prob=0.5"):
+        module(0.5).check()  # the run's first check, before any model or VAE fit
+    dm = module(0.0)
+    dm.check()
+    dm.attach_encoder(model)
+    dm.prepare_data()  # the pack holds the training items: no latent cache is encoded for it
+    assert not (tmp_path / "unused").exists()

@@ -143,9 +143,14 @@ class SyncDreamerDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------------------------------ checks
     def check(self) -> None:
-        """Fail early (before any model is built) when the data cannot exist: no folder and nothing to prepare."""
+        """Fail early (before any model is built) when the data cannot exist (no folder and nothing to prepare) or
+        the shard pack cannot serve this run (``format=shards``: its views, ``mirror_prob``)."""
         if self.prepare is None:
             self._select_uids()
+        if self.format == "shards":
+            from .shards import open_shard_index
+
+            open_shard_index(self.shards, self.view_num, self.mirror_prob)
         if self.validation_dir and self.val_source in ("auto", "folder"):
             ValidationImageFolder(self.validation_dir, self.image_size, self.max_val_items)
 
@@ -217,9 +222,12 @@ class SyncDreamerDataModule(L.LightningDataModule):
         return list(self.train_uids)
 
     def prepare_data(self) -> None:
-        """Rank 0 only: make the procedural data set (if configured) and the latent cache (if configured)."""
+        """Rank 0 only: make the procedural data set (if configured) and the latent cache (if configured; not
+        with ``format=shards``, whose training items come from the pack)."""
         self.prepare_renders()
-        if self.latent_cache is not None and self.build_latent_cache:
+        if self.format == "shards" and self.latent_cache is not None:
+            log.info("data.format=shards: training reads %s, the latent cache is not built", self.shards)
+        elif self.latent_cache is not None and self.build_latent_cache:
             self._select_uids()
             if self._encoder is None:
                 raise DataError("data.latent_cache is set but no encoder is attached; call attach_encoder(model)")

@@ -146,6 +146,18 @@ def read_shard_index(shard_dir) -> dict:
     return index
 
 
+def open_shard_index(shard_dir, view_num: int, mirror_prob: float = 0.0) -> dict:
+    """:func:`read_shard_index`, refused (:class:`DataError`, one line) when the pack cannot serve a run with
+    ``view_num`` views and ``mirror_prob``: the data module calls it before the model is built, the stream again."""
+    index = read_shard_index(shard_dir)
+    if index["view_num"] != view_num or (index["kind"] == "images" and index["image_size"] < 1):
+        raise DataError(f"{shard_dir} holds {index['view_num']} views per object, the run needs {view_num}")
+    if index["kind"] == "latents" and mirror_prob > 0 and not index.get("mirror"):
+        raise DataError(f"{shard_dir} was packed from a latent cache without mirrored views but data.mirror_prob="
+                        f"{mirror_prob}: set data.mirror_prob=0, or repack from a cache built with it")
+    return index
+
+
 def assign_shards(counts: Sequence[int], rank: int, world_size: int, workers: int, epoch: int, seed: int,
                   shuffle: bool) -> tuple[list[list[int]], int]:
     """Shard ids per worker of ``rank`` and the per-worker sample cap.
@@ -184,14 +196,9 @@ class ShardStream(IterableDataset):
     def __init__(self, shard_dir, view_num: int, image_size: int, batch_size: int, rank: int = 0, world_size: int = 1,
                  num_workers: int = 0, seed: int = 0, shuffle: bool = True, shuffle_buffer: int = 256,
                  input_index: int | None = None, mirror_prob: float = 0.0):
-        self.shard_dir, self.index = Path(shard_dir), read_shard_index(shard_dir)
         self.mirror_prob = check_mirror_prob(mirror_prob)
+        self.shard_dir, self.index = Path(shard_dir), open_shard_index(shard_dir, view_num, self.mirror_prob)
         self.kind = self.index["kind"]
-        if self.index["view_num"] != view_num or (self.kind == "images" and self.index["image_size"] < 1):
-            raise DataError(f"{shard_dir} holds {self.index['view_num']} views per object, the run needs {view_num}")
-        if self.kind == "latents" and self.mirror_prob > 0 and not self.index.get("mirror"):
-            raise DataError(f"{shard_dir} was packed from a latent cache without mirrored views but data.mirror_prob="
-                            f"{self.mirror_prob}: set data.mirror_prob=0, or repack from a cache built with it")
         self.view_num, self.image_size, self.batch_size = int(view_num), int(image_size), int(batch_size)
         self.rank, self.world_size, self.num_workers = int(rank), int(world_size), max(1, int(num_workers))
         self.seed, self.shuffle, self.shuffle_buffer, self.input_index = int(seed), shuffle, int(shuffle_buffer), input_index
