@@ -365,8 +365,9 @@ def test_init_from_checkpoint_loads_weights_before_training(tmp_path, data_root,
         donor = {k: v for k, v in donor.items() if k.startswith(keep) or k in schedule}
     path = tmp_path / f"{kind}.ckpt"
     torch.save({"state_dict": donor}, path)
-    train(compose_cfg(tiny_overrides(tmp_path, data_root, steps=1, **{
-        "callbacks.periodic_checkpoint.every_n_train_steps": 2}) + [f"init_from.path={path}", f"init_from.kind={kind}"]))
+    train(compose_cfg(tiny_overrides(tmp_path, data_root, steps=1, **{  # the official recipe: base UNet frozen
+        "callbacks.periodic_checkpoint.every_n_train_steps": 2, "system.finetune_unet": "false"})
+        + [f"init_from.path={path}", f"init_from.kind={kind}"]))
     sd = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     vae_keys = [k for k in donor if k.startswith("first_stage_model.")]
     assert vae_keys and all(torch.equal(sd["model." + k], donor[k]) for k in vae_keys)

@@ -209,7 +209,7 @@ class SyncDreamer(nn.Module):
     # parameter groups
     # ------------------------------------------------------------------------------------------------------
     def frozen_modules(self) -> list[nn.Module]:
-        """Modules the official recipe never trains: the base UNet, cc_projection, VAE and CLIP."""
+        """Modules kept in eval mode in training: VAE, CLIP and cc_projection (trained only with ``finetune_unet``)."""
         return [m for m in (self.first_stage_model, self.clip_image_encoder, self.cc_projection) if m is not None]
 
     def trainable_parameter_groups(self) -> dict[str, list[nn.Parameter]]:
@@ -218,12 +218,18 @@ class SyncDreamer(nn.Module):
         return {"depth_attention": self.model.diffusion_model.depth_attention_parameters(),
                 "volume": list(self.spatial_volume.parameters()) + list(self.time_embed.parameters())}
 
+    def base_parameters(self) -> list[nn.Parameter]:
+        """The base Zero123 network's parameters (UNet + ``cc_projection``), trained with ``finetune_unet``."""
+        return list(self.model.diffusion_model.parameters()) + list(self.cc_projection.parameters())
+
     def freeze_for_training(self, finetune_unet: bool = False) -> None:
         """``requires_grad=False`` on everything outside :meth:`trainable_parameter_groups` (so no gradients
-        are computed for the ~860 M frozen parameters, unlike the official code)."""
+        are computed for the ~860 M frozen parameters, unlike the official code). ``finetune_unet`` also trains
+        the base Zero123 network as Zero123 trained it: the UNet and ``cc_projection``, the only way the target
+        view's pose reaches the UNet when depth-wise attention is off (and the way it learns one from scratch)."""
         trainable = {id(p) for g in self.trainable_parameter_groups().values() for p in g}
         if finetune_unet:
-            trainable |= {id(p) for p in self.model.diffusion_model.parameters()}
+            trainable |= {id(p) for p in self.base_parameters()}
         for p in self.parameters():
             p.requires_grad_(id(p) in trainable)
         for m in self.frozen_modules():

@@ -161,7 +161,7 @@ class SyncDreamerSystem(L.LightningModule):
 
     def parameter_groups(self) -> list[dict]:
         """AdamW groups (named, for the LR monitor): depth_attention @ lr, volume @ lr x volume_lr_mult,
-        unet @ lr x unet_lr_mult (finetune_unet only). Frozen parameters are in none of them."""
+        unet @ lr x unet_lr_mult (finetune_unet only; with cc_projection). Frozen parameters are in none of them."""
         o, groups = self.optim, self.model.trainable_parameter_groups()
         out, seen = [], set()
 
@@ -175,7 +175,7 @@ class SyncDreamerSystem(L.LightningModule):
         if self.train_volume:
             add("volume", groups["volume"], o.lr * o.volume_lr_mult)
         if self.finetune_unet:
-            add("unet", self.model.model.diffusion_model.parameters(), o.lr * o.unet_lr_mult)
+            add("unet", self.model.base_parameters(), o.lr * o.unet_lr_mult)
         rest = [n for n, p in self.model.named_parameters() if p.requires_grad and id(p) not in seen]
         if rest:
             raise RuntimeError(f"trainable parameters outside every optimiser group: {rest[:5]}")
