@@ -209,8 +209,9 @@ class SyncDreamer(nn.Module):
     # parameter groups
     # ------------------------------------------------------------------------------------------------------
     def frozen_modules(self) -> list[nn.Module]:
-        """Modules kept in eval mode in training: VAE, CLIP and cc_projection (trained only with ``finetune_unet``)."""
-        return [m for m in (self.first_stage_model, self.clip_image_encoder, self.cc_projection) if m is not None]
+        """Modules never trained and kept in eval mode: the VAE and CLIP (``cc_projection``, a plain Linear
+        without a train / eval difference, is frozen unless ``finetune_unet``; :meth:`freeze_for_training`)."""
+        return [m for m in (self.first_stage_model, self.clip_image_encoder) if m is not None]
 
     def trainable_parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """``{"depth_attention": [...], "volume": [...]}``: the only parameters SyncDreamer optimises

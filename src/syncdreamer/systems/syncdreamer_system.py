@@ -191,7 +191,7 @@ class SyncDreamerSystem(L.LightningModule):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        for m in self.model.frozen_modules():  # VAE / CLIP / cc_projection stay in eval mode (official)
+        for m in self.model.frozen_modules():  # VAE / CLIP stay in eval mode (official)
             m.eval()
         return self
 
